@@ -1,0 +1,40 @@
+"""otel-sqlite-exporter: every OpenTelemetry span of an LLM or agent application in one SQLite file.
+
+>>> from otel_sqlite_exporter import configure, session
+>>> configure("traces.db")                     # doctest: +SKIP
+>>> with session(task="answer a question"):    # doctest: +SKIP
+...     ...                                    # every span started here lands in traces.db
+"""
+
+from otel_sqlite_exporter._config import Options
+from otel_sqlite_exporter._configure import configure
+from otel_sqlite_exporter._exceptions import (
+    ConfigurationError,
+    NotATraceFileError,
+    OtelSQLiteError,
+    SchemaVersionError,
+    TraceFileError,
+)
+from otel_sqlite_exporter._exporter import SQLiteSpanExporter
+from otel_sqlite_exporter._pricing import ModelPrice, PriceTable
+from otel_sqlite_exporter._processor import SQLiteSpanProcessor
+from otel_sqlite_exporter._schema import SCHEMA_VERSION
+from otel_sqlite_exporter._session import session
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "ConfigurationError",
+    "ModelPrice",
+    "NotATraceFileError",
+    "Options",
+    "OtelSQLiteError",
+    "PriceTable",
+    "SQLiteSpanExporter",
+    "SQLiteSpanProcessor",
+    "SchemaVersionError",
+    "TraceFileError",
+    "configure",
+    "session",
+]

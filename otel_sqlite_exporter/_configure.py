@@ -1,0 +1,146 @@
+"""configure(): the two-line setup. A global TracerProvider writing to SQLite, plus the installed
+GenAI instrumentations, one per client library so no call is traced twice."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from importlib.metadata import EntryPoint, entry_points
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.trace import TracerProvider
+
+from otel_sqlite_exporter._processor import SQLiteSpanProcessor
+
+logger = logging.getLogger("otel_sqlite_exporter")
+
+# Instrumentor entry-point names (the client library they instrument) that trace GenAI calls.
+GENAI_LIBRARIES = frozenset(
+    {
+        "openai", "anthropic", "google_genai", "google_generativeai", "vertexai", "bedrock", "cohere",
+        "mistralai", "groq", "ollama", "together", "replicate", "watsonx", "alephalpha", "writer",
+        "langchain", "llama_index", "crewai", "openai_agents", "haystack", "dspy", "litellm", "agno",
+        "smolagents", "autogen", "pydantic_ai", "mcp", "claude_agent_sdk", "google_adk", "strands",
+    }
+)  # fmt: skip
+# When several distributions instrument the same client, the first match here wins: an exact
+# distribution name, else a name prefix. OpenTelemetry's own GenAI instrumentation follows the
+# current semantic conventions, so it comes first.
+DEFAULT_PREFERENCE = (
+    "opentelemetry-instrumentation-openai-v2",
+    "opentelemetry-instrumentation-google-genai",
+    "opentelemetry-instrumentation-",
+    "openinference-instrumentation-",
+)
+
+_lock = threading.Lock()
+_configured: tuple[TracerProvider, SQLiteSpanProcessor] | None = None
+
+
+def configure(
+    path: str | os.PathLike[str] = "traces.db",
+    *,
+    service_name: str | None = None,
+    instrument: bool | Sequence[str] = True,
+    **options: Any,
+) -> TracerProvider:
+    """Send every span of this process to the SQLite file at ``path``; returns the TracerProvider.
+
+    ``instrument=True`` activates each installed GenAI instrumentation (one per client library,
+    see ``DEFAULT_PREFERENCE``); a sequence of distribution names (or name prefixes) is preferred
+    over the default order; ``False`` activates none. ``options`` go to
+    :class:`SQLiteSpanProcessor`. Calling it again returns the same provider without adding a
+    second processor.
+    """
+    global _configured
+    with _lock:
+        if _configured is not None:
+            provider, processor = _configured
+            if os.path.abspath(processor.options.path) != os.path.abspath(os.fspath(path)):
+                logger.warning(
+                    "configure() was already called for %s; spans keep going there, not to %s",
+                    processor.options.path,
+                    os.fspath(path),
+                )
+            return provider
+        processor = SQLiteSpanProcessor(path, **options)
+        current = trace.get_tracer_provider()
+        if isinstance(current, TracerProvider):
+            # Someone (e.g. opentelemetry-instrument) set an SDK provider already: add to it.
+            provider = current
+        else:
+            attributes = {SERVICE_NAME: service_name} if service_name else {}
+            provider = TracerProvider(resource=Resource.create(attributes))
+            trace.set_tracer_provider(provider)
+        provider.add_span_processor(processor)
+        _configured = (provider, processor)
+    if instrument:
+        preference = tuple(instrument) if not isinstance(instrument, bool) else ()
+        instrument_genai(provider, preference=(*preference, *DEFAULT_PREFERENCE))
+    return provider
+
+
+def genai_instrumentors(preference: Sequence[str] = DEFAULT_PREFERENCE) -> dict[str, EntryPoint]:
+    """The installed GenAI instrumentor entry points, the preferred one per client library."""
+    disabled = {
+        name.strip()
+        for name in os.environ.get("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", "").split(",")
+        if name
+    }
+    chosen: dict[str, tuple[int, EntryPoint]] = {}
+    for ep in entry_points(group="opentelemetry_instrumentor"):
+        dist = (ep.dist.name if ep.dist is not None else "").lower().replace("_", "-")
+        library = ep.name.lower().replace("-", "_").removesuffix("_v2")
+        if ep.name in disabled or dist in disabled:
+            continue
+        if library not in GENAI_LIBRARIES and not dist.startswith("openinference-instrumentation-"):
+            continue
+        rank = _rank(dist, preference)
+        if library not in chosen or rank < chosen[library][0]:
+            chosen[library] = (rank, ep)
+    return {library: ep for library, (_, ep) in sorted(chosen.items())}
+
+
+def instrument_genai(
+    provider: TracerProvider, *, preference: Sequence[str] = DEFAULT_PREFERENCE
+) -> list[str]:
+    """Activate the chosen instrumentors for ``provider``; returns the distributions activated."""
+    activated = []
+    for library, ep in genai_instrumentors(preference).items():
+        dist = ep.dist.name if ep.dist is not None else ep.value
+        try:
+            instrumentor = ep.load()()
+            if _missing_library(ep):
+                continue
+            if getattr(instrumentor, "is_instrumented_by_opentelemetry", False):
+                continue
+            instrumentor.instrument(tracer_provider=provider)
+        except Exception as exc:  # noqa: BLE001 - a broken instrumentation must not stop the app
+            logger.warning("otel-sqlite-exporter: could not activate %s for %s: %s", dist, library, exc)
+            continue
+        activated.append(dist)
+        logger.debug("otel-sqlite-exporter: %s instruments %s", dist, library)
+    return activated
+
+
+def _rank(dist: str, preference: Sequence[str]) -> int:
+    for index, wanted in enumerate(preference):
+        wanted = wanted.lower().replace("_", "-")
+        if dist == wanted or (wanted.endswith("-") and dist.startswith(wanted)):
+            return index
+    return len(preference)
+
+
+def _missing_library(ep: EntryPoint) -> bool:
+    """True when the client library an instrumentor needs is not installed (or the wrong version)."""
+    if ep.dist is None:
+        return False
+    try:
+        from opentelemetry.instrumentation.dependencies import get_dist_dependency_conflicts
+    except ImportError:
+        return False
+    return get_dist_dependency_conflicts(ep.dist) is not None

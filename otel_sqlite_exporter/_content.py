@@ -1,0 +1,273 @@
+"""Prompt and completion text, found wherever an instrumentation dialect put it.
+
+Every dialect ends up as the same readable rendering, one message per line::
+
+    system: You are a weather bot.
+    user: Weather in Paris?
+    assistant: [tool call] get_weather({"city": "Paris"})
+
+The raw attributes are stored untouched beside it; this text is what people read and what the
+full-text index searches.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import orjson
+
+# Keys that carry prompt or completion content. When content capture is off they are not stored at all.
+CONTENT_KEYS = frozenset(
+    {
+        "gen_ai.input.messages",
+        "gen_ai.output.messages",
+        "gen_ai.system_instructions",
+        "gen_ai.prompt",
+        "gen_ai.completion",
+        "gen_ai.tool.call.arguments",
+        "gen_ai.tool.call.result",
+        "input.value",
+        "output.value",
+        "traceloop.entity.input",
+        "traceloop.entity.output",
+    }
+)
+CONTENT_PREFIXES = (
+    "llm.input_messages.",
+    "llm.output_messages.",
+    "gen_ai.prompt.",
+    "gen_ai.completion.",
+    "gen_ai.input.messages.",
+    "gen_ai.output.messages.",
+)
+# Event names whose attributes are message content (older GenAI conventions and the current details event).
+_INPUT_EVENTS = {
+    "gen_ai.system.message": "system",
+    "gen_ai.user.message": "user",
+    "gen_ai.assistant.message": "assistant",
+    "gen_ai.tool.message": "tool",
+}
+_DETAILS_EVENT = "gen_ai.client.inference.operation.details"
+_FLAT_INDEX = re.compile(r"^(\d+)\.(.+)$")
+
+
+def is_content_key(key: str) -> bool:
+    return key in CONTENT_KEYS or key.startswith(CONTENT_PREFIXES)
+
+
+def extract_text(
+    attrs: Mapping[str, Any], events: Sequence[Any], limit: int
+) -> tuple[str | None, str | None]:
+    """The span's (input_text, output_text), each cut to ``limit`` characters, or None where absent."""
+    flat: dict[str, dict[str, Any]] | None = None
+    text_in = _messages_text(attrs.get("gen_ai.input.messages"), attrs.get("gen_ai.system_instructions"))
+    if text_in is None:
+        text_in = _plain(attrs.get("input.value")) or _plain(attrs.get("traceloop.entity.input"))
+    if text_in is None:
+        flat = _flattened(attrs)
+        text_in = _flat_messages(flat.get("llm.input_messages.")) or _flat_messages(
+            flat.get("gen_ai.prompt.")
+        )
+        if text_in is None:
+            text_in = _plain(attrs.get("gen_ai.prompt"))
+    text_out = _messages_text(attrs.get("gen_ai.output.messages"), None)
+    if text_out is None:
+        text_out = _plain(attrs.get("output.value")) or _plain(attrs.get("traceloop.entity.output"))
+    if text_out is None:
+        if flat is None:
+            flat = _flattened(attrs)
+        text_out = _flat_messages(flat.get("llm.output_messages.")) or _flat_messages(
+            flat.get("gen_ai.completion."), default_role="assistant"
+        )
+        if text_out is None:
+            text_out = _plain(attrs.get("gen_ai.completion"))
+    if (text_in is None or text_out is None) and events:
+        ev_in, ev_out = _events_text(events)
+        text_in = text_in if text_in is not None else ev_in
+        text_out = text_out if text_out is not None else ev_out
+    return _cut(text_in, limit), _cut(text_out, limit)
+
+
+def render_messages(messages: Any) -> str | None:
+    """Render messages in any of the common shapes (GenAI parts, OpenAI chat, plain strings)."""
+    if isinstance(messages, Mapping):
+        messages = [messages]
+    if not isinstance(messages, (list, tuple)):
+        return _plain(messages)
+    lines = []
+    for message in messages:
+        if isinstance(message, Mapping):
+            role = message.get("role") or message.get("type") or "message"
+            body = _message_body(message)
+            lines.append(f"{role}: {body}" if body else f"{role}:")
+        elif message is not None:
+            lines.append(str(message))
+    return "\n".join(lines) if lines else None
+
+
+def _messages_text(messages: Any, system: Any) -> str | None:
+    if messages is None and system is None:
+        return None
+    parts = []
+    if system is not None:
+        instructions = _parse(system)
+        rendered = (
+            _parts_text(instructions) if isinstance(instructions, (list, tuple)) else _plain(instructions)
+        )
+        if rendered:
+            parts.append(f"system: {rendered}")
+    if messages is not None:
+        rendered = render_messages(_parse(messages))
+        if rendered:
+            parts.append(rendered)
+    return "\n".join(parts) if parts else None
+
+
+def _message_body(message: Mapping[str, Any]) -> str:
+    pieces: list[str] = []
+    if "parts" in message:
+        pieces.append(_parts_text(message["parts"]))
+    content = message.get("content")
+    if content is not None:
+        pieces.append(_parts_text(content) if isinstance(content, (list, tuple)) else _plain(content) or "")
+    for call in message.get("tool_calls") or ():
+        if isinstance(call, Mapping):
+            function = call.get("function") if isinstance(call.get("function"), Mapping) else call
+            pieces.append(_tool_call(function.get("name"), function.get("arguments")))
+    return " ".join(p for p in pieces if p)
+
+
+def _parts_text(parts: Any) -> str:
+    if not isinstance(parts, (list, tuple)):
+        return _plain(parts) or ""
+    out = []
+    for part in parts:
+        if not isinstance(part, Mapping):
+            out.append(_plain(part) or "")
+            continue
+        kind = part.get("type", "text")
+        if kind == "tool_call":
+            out.append(_tool_call(part.get("name"), part.get("arguments")))
+        elif kind == "tool_call_response":
+            out.append(f"[tool result] {_plain(part.get('response', part.get('result'))) or ''}")
+        elif kind in ("reasoning", "thinking"):
+            out.append(f"[reasoning] {_plain(part.get('content', part.get('thinking'))) or ''}")
+        else:
+            text = part.get("content", part.get("text"))
+            out.append(_plain(text) or "" if text is not None else f"[{kind}]")
+    return " ".join(p for p in out if p)
+
+
+def _tool_call(name: Any, arguments: Any) -> str:
+    if isinstance(arguments, str):
+        args = arguments
+    elif arguments is None:
+        args = ""
+    else:
+        args = _dumps(arguments)
+    return f"[tool call] {name}({args})"
+
+
+def _flattened(attrs: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Group ``llm.input_messages.0.message.role``-style keys by prefix, then by message index."""
+    groups: dict[str, dict[str, Any]] = {}
+    for key, value in attrs.items():
+        for prefix in ("llm.input_messages.", "llm.output_messages.", "gen_ai.prompt.", "gen_ai.completion."):
+            if key.startswith(prefix):
+                match = _FLAT_INDEX.match(key[len(prefix) :])
+                if match:
+                    index, field = int(match.group(1)), match.group(2)
+                    groups.setdefault(prefix, {}).setdefault(index, {})[field] = value
+                break
+    return groups
+
+
+def _flat_messages(indexed: Mapping[int, Mapping[str, Any]] | None, default_role: str = "user") -> str | None:
+    if not indexed:
+        return None
+    lines = []
+    for index in sorted(indexed):
+        fields = indexed[index]
+        role = fields.get("message.role") or fields.get("role") or default_role
+        texts = [fields.get("message.content") or fields.get("content")]
+        # OpenInference multi-part contents and tool calls, in index order.
+        for key in sorted(k for k in fields if k.startswith("message.contents.") and k.endswith(".text")):
+            texts.append(fields[key])
+        for key in sorted(k for k in fields if k.endswith("function.name")):
+            args = fields.get(key.replace("function.name", "function.arguments"))
+            texts.append(_tool_call(fields[key], args))
+        for key in sorted(k for k in fields if k.startswith("tool_calls.") and k.endswith(".name")):
+            texts.append(_tool_call(fields[key], fields.get(key[: -len("name")] + "arguments")))
+        body = " ".join(str(t) for t in texts if t)
+        lines.append(f"{role}: {body}" if body else f"{role}:")
+    return "\n".join(lines)
+
+
+def _events_text(events: Iterable[Any]) -> tuple[str | None, str | None]:
+    inputs: list[str] = []
+    outputs: list[str] = []
+    for event in events:
+        name = event.name
+        attrs = event.attributes or {}
+        if name == _DETAILS_EVENT:
+            text = _messages_text(attrs.get("gen_ai.input.messages"), attrs.get("gen_ai.system_instructions"))
+            if text:
+                inputs.append(text)
+            text = _messages_text(attrs.get("gen_ai.output.messages"), None)
+            if text:
+                outputs.append(text)
+        elif name in _INPUT_EVENTS:
+            body = _plain(attrs.get("content")) or _plain(attrs.get("gen_ai.event.content"))
+            if body:
+                inputs.append(f"{_INPUT_EVENTS[name]}: {body}")
+        elif name == "gen_ai.choice":
+            message = _parse(attrs.get("message"))
+            body = _message_body(message) if isinstance(message, Mapping) else _plain(attrs.get("content"))
+            if body:
+                outputs.append(f"assistant: {body}")
+        elif name == "gen_ai.content.prompt":
+            body = _plain(attrs.get("gen_ai.prompt"))
+            if body:
+                inputs.append(body)
+        elif name == "gen_ai.content.completion":
+            body = _plain(attrs.get("gen_ai.completion"))
+            if body:
+                outputs.append(body)
+    return ("\n".join(inputs) or None), ("\n".join(outputs) or None)
+
+
+def _parse(value: Any) -> Any:
+    if isinstance(value, str) and value[:1] in ("[", "{"):
+        try:
+            return orjson.loads(value)
+        except orjson.JSONDecodeError:
+            return value
+    if isinstance(value, tuple) and value and all(isinstance(v, str) for v in value):
+        # Some SDKs store a message list as a tuple of JSON strings.
+        return [_parse(v) for v in value]
+    return value
+
+
+def _plain(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value or None
+    if isinstance(value, (list, tuple, dict)):
+        return _dumps(value)
+    return str(value)
+
+
+def _dumps(value: Any) -> str:
+    try:
+        return orjson.dumps(value, default=str).decode()
+    except TypeError:
+        return str(value)
+
+
+def _cut(text: str | None, limit: int) -> str | None:
+    if text is None:
+        return None
+    return text[:limit] if len(text) > limit else text

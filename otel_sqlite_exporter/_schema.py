@@ -1,0 +1,286 @@
+"""The trace file: schema, versioned migrations, and opening a connection safely.
+
+``PRAGMA user_version`` holds the schema version and ``schema_migrations`` records when each
+migration ran. A file from a newer version is refused untouched.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from otel_sqlite_exporter._exceptions import NotATraceFileError, SchemaVersionError, TraceFileError
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_ISO = "strftime('%Y-%m-%dT%H:%M:%fZ', {col} / 1000000000.0, 'unixepoch')"
+_TOKENS = """
+    input_tokens INTEGER NOT NULL DEFAULT 0,
+    output_tokens INTEGER NOT NULL DEFAULT 0,
+    cache_read_tokens INTEGER NOT NULL DEFAULT 0,
+    cache_write_tokens INTEGER NOT NULL DEFAULT 0,
+    reasoning_tokens INTEGER NOT NULL DEFAULT 0,
+    cost_usd REAL"""
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    statements: tuple[str, ...]
+
+
+_V1 = Migration(
+    1,
+    "initial schema: sessions, traces, spans, settings, compatibility views, full-text index",
+    (
+        f"""CREATE TABLE sessions (
+            session_id TEXT PRIMARY KEY,
+            task TEXT,
+            status TEXT NOT NULL DEFAULT 'running'
+                CHECK (status IN ('running', 'completed', 'failed', 'cancelled', 'interrupted')),
+            start_time_unix_nano INTEGER,
+            end_time_unix_nano INTEGER,
+            user_id TEXT,
+            service_name TEXT,
+            span_count INTEGER NOT NULL DEFAULT 0,
+            error_count INTEGER NOT NULL DEFAULT 0,{_TOKENS},
+            -- 1 when opened by session(): its status follows the block, not its spans.
+            managed INTEGER NOT NULL DEFAULT 0,
+            -- How a managed block ended (completed, failed, cancelled); NULL while it runs.
+            outcome TEXT
+        )""",
+        "CREATE INDEX sessions_by_start ON sessions (start_time_unix_nano)",
+        f"""CREATE TABLE traces (
+            trace_id TEXT PRIMARY KEY,
+            session_id TEXT NOT NULL,
+            -- 0 while the session is the trace's own id, because no span named one yet.
+            session_explicit INTEGER NOT NULL DEFAULT 0,
+            root_span_id TEXT,
+            root_span_name TEXT,
+            start_time_unix_nano INTEGER,
+            end_time_unix_nano INTEGER,
+            status TEXT NOT NULL DEFAULT 'running',
+            service_name TEXT,
+            span_count INTEGER NOT NULL DEFAULT 0,
+            error_count INTEGER NOT NULL DEFAULT 0,{_TOKENS}
+        ) WITHOUT ROWID""",
+        "CREATE INDEX traces_by_session ON traces (session_id, start_time_unix_nano)",
+        """CREATE TABLE resources (
+            resource_id INTEGER PRIMARY KEY,
+            attributes TEXT NOT NULL,
+            schema_url TEXT NOT NULL DEFAULT '',
+            UNIQUE (attributes, schema_url)
+        )""",
+        """CREATE TABLE spans (
+            id INTEGER PRIMARY KEY,
+            trace_id TEXT NOT NULL,
+            span_id TEXT NOT NULL,
+            parent_span_id TEXT,
+            session_id TEXT NOT NULL,
+            name TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            type TEXT NOT NULL,
+            start_time_unix_nano INTEGER NOT NULL,
+            end_time_unix_nano INTEGER,
+            duration_ms REAL,
+            status_code TEXT NOT NULL DEFAULT 'UNSET',
+            status_message TEXT,
+            model TEXT,
+            provider TEXT,
+            operation TEXT,
+            input_tokens INTEGER,
+            output_tokens INTEGER,
+            cache_read_tokens INTEGER,
+            cache_write_tokens INTEGER,
+            reasoning_tokens INTEGER,
+            cost_usd REAL,
+            input_text TEXT,
+            output_text TEXT,
+            attributes TEXT,
+            events TEXT,
+            links TEXT,
+            resource_id INTEGER REFERENCES resources (resource_id),
+            scope_name TEXT,
+            scope_version TEXT,
+            -- 1 for a local root: no parent, or a parent in another process.
+            is_root INTEGER NOT NULL DEFAULT 0,
+            -- 1 when the span carries token counts or cost of its own.
+            has_usage INTEGER NOT NULL DEFAULT 0,
+            -- 1 when a span beneath it carries usage: then its own usage is a repeat and is not rolled up.
+            usage_below INTEGER NOT NULL DEFAULT 0,
+            UNIQUE (trace_id, span_id)
+        )""",
+        "CREATE INDEX spans_by_session ON spans (session_id, start_time_unix_nano)",
+        "CREATE INDEX spans_by_start ON spans (start_time_unix_nano)",
+        "CREATE INDEX spans_by_type_name ON spans (type, name)",
+        "CREATE INDEX spans_by_model ON spans (model) WHERE model IS NOT NULL",
+        # Ancestors not stored yet whose subtree already carries usage (children often arrive first).
+        """CREATE TABLE pending_ancestors (
+            trace_id TEXT NOT NULL,
+            span_id TEXT NOT NULL,
+            PRIMARY KEY (trace_id, span_id)
+        ) WITHOUT ROWID""",
+        """CREATE TABLE settings (
+            key TEXT PRIMARY KEY,
+            value TEXT
+        )""",
+        "INSERT INTO settings (key, value) VALUES ('retention_days', '30')",
+        """CREATE VIRTUAL TABLE spans_fts USING fts5 (
+            name, input_text, output_text, content='spans', content_rowid='id'
+        )""",
+        """CREATE TRIGGER spans_fts_insert AFTER INSERT ON spans BEGIN
+            INSERT INTO spans_fts (rowid, name, input_text, output_text)
+            VALUES (new.id, new.name, new.input_text, new.output_text);
+        END""",
+        """CREATE TRIGGER spans_fts_delete AFTER DELETE ON spans BEGIN
+            INSERT INTO spans_fts (spans_fts, rowid, name, input_text, output_text)
+            VALUES ('delete', old.id, old.name, old.input_text, old.output_text);
+        END""",
+        """CREATE TRIGGER spans_fts_update AFTER UPDATE OF name, input_text, output_text ON spans
+        WHEN old.name IS NOT new.name OR old.input_text IS NOT new.input_text
+            OR old.output_text IS NOT new.output_text
+        BEGIN
+            INSERT INTO spans_fts (spans_fts, rowid, name, input_text, output_text)
+            VALUES ('delete', old.id, old.name, old.input_text, old.output_text);
+            INSERT INTO spans_fts (rowid, name, input_text, output_text)
+            VALUES (new.id, new.name, new.input_text, new.output_text);
+        END""",
+        f"""CREATE VIEW agent_trace_sessions AS SELECT
+            session_id AS id,
+            task,
+            {_ISO.format(col="start_time_unix_nano")} AS started_at,
+            {_ISO.format(col="end_time_unix_nano")} AS completed_at,
+            status,
+            span_count AS total_events,
+            input_tokens + output_tokens AS total_tokens,
+            cost_usd AS total_cost_usd
+        FROM sessions""",
+        f"""CREATE VIEW agent_traces AS SELECT
+            span_id AS id,
+            session_id,
+            type,
+            {_ISO.format(col="start_time_unix_nano")} AS timestamp,
+            duration_ms,
+            parent_span_id AS parent_trace_id,
+            attributes AS data,
+            input_tokens,
+            output_tokens,
+            model AS model_used,
+            provider AS provider_used,
+            cost_usd,
+            input_text AS raw_input,
+            output_text AS raw_output,
+            {_ISO.format(col="start_time_unix_nano")} AS created_at
+        FROM spans""",
+    ),
+)
+
+MIGRATIONS: tuple[Migration, ...] = (_V1,)
+SCHEMA_VERSION = MIGRATIONS[-1].version
+
+
+def connect(path: str, *, busy_timeout_millis: int = 10_000, create: bool = True) -> sqlite3.Connection:
+    """Open (creating with mode 0600 if allowed) and migrate a trace file; the connection autocommits.
+
+    Raises ``TraceFileError`` (or a subclass) naming the file and the problem; a file that is not
+    ours, or is newer than this package, is never modified.
+    """
+    path = os.path.abspath(path)
+    fresh = _prepare_file(path, create)
+    try:
+        conn = sqlite3.connect(
+            path, timeout=busy_timeout_millis / 1000, isolation_level=None, check_same_thread=False
+        )
+    except sqlite3.Error as exc:
+        raise TraceFileError(path, f"cannot open: {exc}") from exc
+    try:
+        _check_foreign(conn, path, fresh)
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_millis)}")
+        if conn.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
+            raise TraceFileError(path, "cannot switch to WAL journal mode")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA temp_store = MEMORY")
+        conn.execute("PRAGMA cache_size = -32768")
+        migrate(conn, path)
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise NotATraceFileError(path, f"not a usable SQLite database: {exc}") from exc
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def migrate(conn: sqlite3.Connection, path: str) -> int:
+    """Bring the file to ``SCHEMA_VERSION`` in one transaction; returns the version found before."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        found = conn.execute("PRAGMA user_version").fetchone()[0]
+        if found > SCHEMA_VERSION:
+            raise SchemaVersionError(path, found, SCHEMA_VERSION)
+        if found < SCHEMA_VERSION:
+            conn.execute(
+                """CREATE TABLE IF NOT EXISTS schema_migrations (
+                    version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"""
+            )
+            for migration in MIGRATIONS:
+                if migration.version <= found:
+                    continue
+                for statement in migration.statements:
+                    conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                    (migration.version, migration.name, datetime.now(timezone.utc).isoformat()),
+                )
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return found
+
+
+def _prepare_file(path: str, create: bool) -> bool:
+    """True when the file is new (or empty). Creates it, and its folder, owner-only."""
+    try:
+        with open(path, "rb") as handle:
+            header = handle.read(len(_SQLITE_MAGIC))
+    except FileNotFoundError:
+        if not create:
+            raise TraceFileError(path, "no such trace file") from None
+        try:
+            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        except FileExistsError:
+            return False  # another process created it first; it migrates (or refuses) below
+        except OSError as exc:
+            raise TraceFileError(path, f"cannot create the trace file: {exc.strerror or exc}") from exc
+        return True
+    except IsADirectoryError:
+        raise TraceFileError(path, "is a directory, not a trace file") from None
+    except OSError as exc:
+        raise TraceFileError(path, f"cannot read: {exc.strerror or exc}") from exc
+    if not header:
+        return True
+    if header != _SQLITE_MAGIC:
+        raise NotATraceFileError(path, "is not a SQLite database (it was left untouched)")
+    return False
+
+
+def _check_foreign(conn: sqlite3.Connection, path: str, fresh: bool) -> None:
+    if fresh:
+        return
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > 0:
+        if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'schema_migrations'").fetchone():
+            raise NotATraceFileError(
+                path, "is a SQLite database of another application (it was left untouched)"
+            )
+        if version > SCHEMA_VERSION:
+            # Checked before anything (even the journal mode) is changed in the file.
+            raise SchemaVersionError(path, version, SCHEMA_VERSION)
+        return
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' LIMIT 1").fetchone():
+        raise NotATraceFileError(path, "is a SQLite database of another application (it was left untouched)")
