@@ -16,7 +16,7 @@ logger = logging.getLogger("otel_sqlite_exporter")
 _abandoned: list[Any] = []
 
 _HINTS = {
-    "database or disk is full": "the disk or the file's size limit is full; writing resumes when space returns",
+    "database or disk is full": "the disk or the file size limit is full; writing resumes when space returns",
     "readonly database": "the file or its folder is read-only for this process",
     "unable to open database file": "the file's folder is missing or not writable",
     "disk i/o error": "the file system reported an I/O error",
