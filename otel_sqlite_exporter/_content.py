@@ -57,10 +57,26 @@ def is_content_key(key: str) -> bool:
     return key in CONTENT_KEYS or key.startswith(CONTENT_PREFIXES)
 
 
+# Keys present on every span that carries content (flattened messages start at index 0):
+# checking them spares the full scan on the many spans that carry no content at all.
+_CONTENT_MARKERS = CONTENT_KEYS | {
+    "llm.input_messages.0.message.role",
+    "llm.input_messages.0.message.content",
+    "llm.output_messages.0.message.role",
+    "llm.output_messages.0.message.content",
+    "gen_ai.prompt.0.role",
+    "gen_ai.prompt.0.content",
+    "gen_ai.completion.0.role",
+    "gen_ai.completion.0.content",
+}
+
+
 def extract_text(
     attrs: Mapping[str, Any], events: Sequence[Any], limit: int
 ) -> tuple[str | None, str | None]:
     """The span's (input_text, output_text), each cut to ``limit`` characters, or None where absent."""
+    if not events and _CONTENT_MARKERS.isdisjoint(attrs):
+        return None, None
     flat: dict[str, dict[str, Any]] | None = None
     text_in = _messages_text(attrs.get("gen_ai.input.messages"), attrs.get("gen_ai.system_instructions"))
     if text_in is None:

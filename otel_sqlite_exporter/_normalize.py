@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.trace import SpanKind
 
 from otel_sqlite_exporter._config import Options
 from otel_sqlite_exporter._content import extract_text, is_content_key
@@ -137,6 +138,30 @@ ROW_COLUMNS = (
 MAX_JSON_CHARS = 8 * 1024 * 1024
 
 
+# Column slots filled by the single pass over a span's attributes.
+_SESSION, _USER, _MODEL, _PROVIDER, _OPERATION, _IN, _OUT, _CACHE_READ, _CACHE_WRITE, _REASONING, _COST = (
+    range(11)
+)
+_SLOT_KEYS: tuple[tuple[str, ...], ...] = (
+    SESSION_KEYS,
+    USER_KEYS,
+    MODEL_KEYS,
+    PROVIDER_KEYS,
+    OPERATION_KEYS,
+    INPUT_TOKEN_KEYS,
+    OUTPUT_TOKEN_KEYS,
+    CACHE_READ_KEYS,
+    CACHE_WRITE_KEYS,
+    REASONING_KEYS,
+    COST_KEYS,
+)
+# key -> (slot, rank): one dict lookup per attribute instead of one per table key.
+_KEY_SLOTS: dict[str, tuple[int, int]] = {
+    key: (slot, rank) for slot, keys in enumerate(_SLOT_KEYS) for rank, key in enumerate(keys)
+}
+_KIND = {kind: kind.name.lower() for kind in SpanKind}
+
+
 class SpanMapper:
     """Turns spans into rows of ``ROW_COLUMNS``; holds the per-file resource id cache."""
 
@@ -149,26 +174,32 @@ class SpanMapper:
         self._resources: dict[int, tuple[Any, int, str | None]] = {}
 
     def row(self, span: ReadableSpan) -> list[Any]:
-        ctx = span.context
-        parent = span.parent
         attrs = _snapshot(span.attributes)
-        get = attrs.get
         if not self._capture:
             attrs = {k: v for k, v in attrs.items() if not is_content_key(k)}
-
-        model = _first_str(get, MODEL_KEYS)
-        input_tokens = _first_count(get, INPUT_TOKEN_KEYS)
-        output_tokens = _first_count(get, OUTPUT_TOKEN_KEYS)
-        cache_read = _first_count(get, CACHE_READ_KEYS)
-        cache_write = _first_count(get, CACHE_WRITE_KEYS)
-        reasoning = _first_count(get, REASONING_KEYS)
-        cost = _first_cost(get)
-        has_tokens = (
-            input_tokens is not None
-            or output_tokens is not None
-            or cache_read is not None
-            or cache_write is not None
-            or reasoning is not None
+        found: list[Any] = [None] * 11
+        ranks = [99] * 11
+        slots = _KEY_SLOTS
+        for key, value in attrs.items():
+            hit = slots.get(key)
+            if hit is not None and value is not None and value != "":
+                slot, rank = hit
+                if rank < ranks[slot]:
+                    ranks[slot] = rank
+                    found[slot] = value
+        model = _text(found[_MODEL])
+        input_tokens = _count(found[_IN])
+        output_tokens = _count(found[_OUT])
+        cache_read = _count(found[_CACHE_READ])
+        cache_write = _count(found[_CACHE_WRITE])
+        reasoning = _count(found[_REASONING])
+        cost = _cost(found[_COST])
+        has_tokens = not (
+            input_tokens is None
+            and output_tokens is None
+            and cache_read is None
+            and cache_write is None
+            and reasoning is None
         )
         if cost is None and has_tokens:
             cost = self._prices.cost(
@@ -188,24 +219,27 @@ class SpanMapper:
         resource_id, service_name = self._resource(span.resource)
         scope = span.instrumentation_scope
         status = span.status
+        ctx = span.context
+        parent = span.parent
+        links = span.links
         return [
             f"{ctx.trace_id:032x}",
             f"{ctx.span_id:016x}",
-            f"{parent.span_id:016x}" if parent is not None else None,
+            None if parent is None else f"{parent.span_id:016x}",
             1 if parent is None or parent.is_remote else 0,
-            _first_str(get, SESSION_KEYS),
-            _first_str(get, USER_KEYS),
+            _text(found[_SESSION]),
+            _text(found[_USER]),
             service_name,
             span.name,
-            span.kind.name.lower(),
-            _span_type(get, model, has_tokens),
+            _KIND[span.kind],
+            _span_type(attrs, model, has_tokens),
             span.start_time,
             span.end_time,
             status.status_code.name,
             status.description,
             model,
-            _first_str(get, PROVIDER_KEYS),
-            _first_str(get, OPERATION_KEYS),
+            _text(found[_PROVIDER]),
+            _text(found[_OPERATION]),
             input_tokens,
             output_tokens,
             cache_read,
@@ -214,12 +248,12 @@ class SpanMapper:
             cost,
             input_text,
             output_text,
-            to_json(attrs) if attrs else None,
-            _events_json(events, self._capture) if events else None,
-            _links_json(span.links) if span.links else None,
+            attrs or None,
+            _events(events, self._capture) if events else None,
+            _links(links) if links else None,
             resource_id,
-            scope.name if scope is not None else None,
-            scope.version if scope is not None else None,
+            None if scope is None else scope.name,
+            None if scope is None else scope.version,
         ]
 
     def _resource(self, resource: Any) -> tuple[int | None, str | None]:
@@ -243,9 +277,16 @@ class SpanMapper:
 
 
 def _snapshot(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
-    # A running span's attributes may change under us on the application thread; retry on a torn read.
+    """A plain dict copy, safe while the application thread still sets attributes on a live span."""
     if not attributes:
         return {}
+    try:
+        # mappingproxy.copy() delegates to BoundedAttributes.copy(), a C-level dict copy under the GIL.
+        copied = attributes.copy()  # type: ignore[attr-defined]
+        if isinstance(copied, dict):
+            return copied
+    except (AttributeError, TypeError):
+        pass
     for _ in range(3):
         try:
             return dict(attributes)
@@ -254,16 +295,14 @@ def _snapshot(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
     return {}
 
 
-def _first_str(get: Callable[[str], Any], keys: Sequence[str]) -> str | None:
-    for key in keys:
-        value = get(key)
-        if value is not None and value != "":
-            return value if isinstance(value, str) else str(value)
-    return None
+def _text(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return str(value)
 
 
 def _count(value: Any) -> int | None:
-    if isinstance(value, bool):
+    if value is None or isinstance(value, bool):
         return None
     if isinstance(value, int):
         return value if value >= 0 else None
@@ -278,31 +317,18 @@ def _count(value: Any) -> int | None:
     return None
 
 
-def _first_count(get: Callable[[str], Any], keys: Sequence[str]) -> int | None:
-    for key in keys:
-        value = get(key)
-        if value is not None:
-            counted = _count(value)
-            if counted is not None:
-                return counted
-    return None
+def _cost(value: Any) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        cost = float(value)
+    except (TypeError, ValueError):
+        return None
+    return cost if math.isfinite(cost) and cost >= 0 else None
 
 
-def _first_cost(get: Callable[[str], Any]) -> float | None:
-    for key in COST_KEYS:
-        value = get(key)
-        if value is None or isinstance(value, bool):
-            continue
-        try:
-            cost = float(value)
-        except (TypeError, ValueError):
-            continue
-        if math.isfinite(cost) and cost >= 0:
-            return cost
-    return None
-
-
-def _span_type(get: Callable[[str], Any], model: str | None, has_tokens: bool) -> str:
+def _span_type(attrs: Mapping[str, Any], model: str | None, has_tokens: bool) -> str:
+    get = attrs.get
     for key, types in TYPE_BY_KEY:
         value = get(key)
         if value is not None:
@@ -317,7 +343,7 @@ def _span_type(get: Callable[[str], Any], model: str | None, has_tokens: bool) -
     return "span"
 
 
-def _events_json(events: Sequence[Any], capture: bool) -> str:
+def _events(events: Sequence[Any], capture: bool) -> list[dict[str, Any]]:
     out = []
     for event in events:
         attrs = dict(event.attributes or {})
@@ -326,20 +352,50 @@ def _events_json(events: Sequence[Any], capture: bool) -> str:
                 k: v for k, v in attrs.items() if not is_content_key(k) and k not in ("content", "message")
             }
         out.append({"name": event.name, "time_unix_nano": event.timestamp, "attributes": attrs})
-    return to_json(out)
+    return out
 
 
-def _links_json(links: Sequence[Any]) -> str:
-    return to_json(
-        [
-            {
-                "trace_id": f"{link.context.trace_id:032x}",
-                "span_id": f"{link.context.span_id:016x}",
-                "attributes": dict(link.attributes or {}),
-            }
-            for link in links
-        ]
-    )
+def _links(links: Sequence[Any]) -> list[dict[str, Any]]:
+    return [
+        {
+            "trace_id": f"{link.context.trace_id:032x}",
+            "span_id": f"{link.context.span_id:016x}",
+            "attributes": dict(link.attributes or {}),
+        }
+        for link in links
+    ]
+
+
+# Columns that travel as JSON documents inside the batch (read back with ``->``, not ``->>``).
+JSON_COLUMNS = frozenset({"attributes", "events", "links"})
+# Above this many characters a row is checked for oversized values (see MAX_JSON_CHARS).
+_ROW_CHECK_CHARS = 64 * 1024
+
+
+def encode_rows(rows: list[list[Any]]) -> str:
+    """The batch as one JSON array of rows; never raises.
+
+    The fast path is a single orjson call. Rows it cannot encode (lone surrogates, huge integers)
+    or that are oversized are re-encoded one by one through the safe path.
+    """
+    try:
+        text = orjson.dumps(rows, default=_default).decode()
+    except (TypeError, orjson.JSONEncodeError):
+        return "[" + ",".join(_encode_row(row) for row in rows) + "]"
+    if len(text) > _ROW_CHECK_CHARS * max(1, len(rows)) // 8:
+        return "[" + ",".join(_encode_row(row) for row in rows) + "]"
+    return text
+
+
+def _encode_row(row: list[Any]) -> str:
+    try:
+        text = orjson.dumps(row, default=_default).decode()
+    except (TypeError, orjson.JSONEncodeError):
+        row = _sanitize(row)
+        text = orjson.dumps(row, default=_default).decode()
+    if len(text) > MAX_JSON_CHARS:
+        text = orjson.dumps(_shorten(_sanitize(row), MAX_JSON_CHARS // 4), default=_default).decode()
+    return text
 
 
 def to_json(value: Any) -> str:

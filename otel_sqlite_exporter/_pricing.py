@@ -314,8 +314,13 @@ class PriceTable:
         reasoning_tokens: int | None = None,
     ) -> float | None:
         """USD cost of one call, or ``None`` if the model is unknown or no token count is given."""
-        counts = (input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens)
-        if all(c is None for c in counts):
+        if (
+            input_tokens is None
+            and output_tokens is None
+            and cache_read_tokens is None
+            and cache_write_tokens is None
+            and reasoning_tokens is None
+        ):
             return None
         price = self.lookup(model)
         if price is None:

@@ -14,11 +14,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 from opentelemetry.sdk.trace import ReadableSpan
 
 from otel_sqlite_exporter._config import Options
-from otel_sqlite_exporter._normalize import ROW_COLUMNS, SpanMapper
+from otel_sqlite_exporter._normalize import JSON_COLUMNS, ROW_COLUMNS, SpanMapper, encode_rows
 from otel_sqlite_exporter._schema import connect
 
 logger = logging.getLogger("otel_sqlite_exporter")
@@ -75,7 +74,12 @@ _CLEAR_TEMP = tuple(
 
 _STAGE = (
     f"INSERT INTO temp.staged_spans ({', '.join(ROW_COLUMNS)}) "
-    f"SELECT {', '.join(f'value ->> {i}' for i in range(len(ROW_COLUMNS)))} FROM json_each(?)"
+    "SELECT "
+    + ", ".join(
+        f"nullif(value -> {i}, 'null')" if name in JSON_COLUMNS else f"value ->> {i}"
+        for i, name in enumerate(ROW_COLUMNS)
+    )
+    + " FROM json_each(?)"
 )
 # A trace's session: its root's explicit session, else the earliest explicit one, else the trace id.
 _STAGE_TRACES = """
@@ -293,7 +297,7 @@ class TraceWriter:
             for event in events:
                 self._apply_event(event)
             if rows:
-                conn.execute(_STAGE, (orjson.dumps(rows).decode(),))
+                conn.execute(_STAGE, (encode_rows(rows),))
                 for statement in (
                     _STAGE_TRACES,
                     _FIND_MOVED,
