@@ -120,7 +120,8 @@ def main() -> None:
     floor = results.get("a")
     best_floor = {k: max(r[k] for r in floor) for k in ("app_rate", "committed_rate")} if floor else None
     print(
-        f"{args.spans} spans per run, {args.runs} runs, prefill {args.prefill} spans, python {sys.version.split()[0]}"
+        f"{args.spans} spans per run, {args.runs} runs, prefill {args.prefill} spans, "
+        f"python {sys.version.split()[0]}"
     )
     print(
         f"{'config':44} {'app spans/s':>12} {'x floor':>8} {'committed/s':>12} {'x floor':>8} {'dropped':>8}"
@@ -132,7 +133,8 @@ def main() -> None:
         ratio_app = f"{app / best_floor['app_rate']:.2f}" if best_floor else "-"
         ratio_com = f"{committed / best_floor['committed_rate']:.2f}" if best_floor else "-"
         print(
-            f"{CONFIGS[config]:44} {app:12,.0f} {ratio_app:>8} {committed:12,.0f} {ratio_com:>8} {dropped:8,.0f}"
+            f"{CONFIGS[config]:44} {app:12,.0f} {ratio_app:>8} {committed:12,.0f} "
+            f"{ratio_com:>8} {dropped:8,.0f}"
         )
         med_app = statistics.median(r["app_rate"] for r in runs)
         med_com = statistics.median(r["committed_rate"] for r in runs)
