@@ -59,7 +59,7 @@ def is_content_key(key: str) -> bool:
 
 # Keys present on every span that carries content (flattened messages start at index 0):
 # checking them spares the full scan on the many spans that carry no content at all.
-_CONTENT_MARKERS = CONTENT_KEYS | {
+CONTENT_MARKERS = CONTENT_KEYS | {
     "llm.input_messages.0.message.role",
     "llm.input_messages.0.message.content",
     "llm.output_messages.0.message.role",
@@ -75,7 +75,7 @@ def extract_text(
     attrs: Mapping[str, Any], events: Sequence[Any], limit: int
 ) -> tuple[str | None, str | None]:
     """The span's (input_text, output_text), each cut to ``limit`` characters, or None where absent."""
-    if not events and _CONTENT_MARKERS.isdisjoint(attrs):
+    if not events and CONTENT_MARKERS.isdisjoint(attrs):
         return None, None
     flat: dict[str, dict[str, Any]] | None = None
     text_in = _messages_text(attrs.get("gen_ai.input.messages"), attrs.get("gen_ai.system_instructions"))
@@ -209,16 +209,25 @@ def _flat_messages(indexed: Mapping[int, Mapping[str, Any]] | None, default_role
         role = fields.get("message.role") or fields.get("role") or default_role
         texts = [fields.get("message.content") or fields.get("content")]
         # OpenInference multi-part contents and tool calls, in index order.
-        for key in sorted(k for k in fields if k.startswith("message.contents.") and k.endswith(".text")):
+        for key in sorted(
+            (k for k in fields if k.startswith("message.contents.") and k.endswith(".text")), key=_numeric
+        ):
             texts.append(fields[key])
-        for key in sorted(k for k in fields if k.endswith("function.name")):
+        for key in sorted((k for k in fields if k.endswith("function.name")), key=_numeric):
             args = fields.get(key.replace("function.name", "function.arguments"))
             texts.append(_tool_call(fields[key], args))
-        for key in sorted(k for k in fields if k.startswith("tool_calls.") and k.endswith(".name")):
+        for key in sorted(
+            (k for k in fields if k.startswith("tool_calls.") and k.endswith(".name")), key=_numeric
+        ):
             texts.append(_tool_call(fields[key], fields.get(key[: -len("name")] + "arguments")))
         body = " ".join(str(t) for t in texts if t)
         lines.append(f"{role}: {body}" if body else f"{role}:")
     return "\n".join(lines)
+
+
+def _numeric(key: str) -> list[int | str]:
+    """Sort key under which "contents.10" follows "contents.9", not "contents.1"."""
+    return [int(part) if part.isdigit() else part for part in key.split(".")]
 
 
 def _events_text(events: Iterable[Any]) -> tuple[str | None, str | None]:

@@ -1,12 +1,15 @@
-"""Span -> row: one table maps every instrumentation dialect onto the normalised columns.
+"""Normalise: the table that maps every instrumentation dialect onto the normalised columns,
+and span -> staged row.
 
-Runs on the writer thread (never on the application thread), once per span per batch.
+The table is data: the writer loads it into SQLite and picks each span's columns there, in one
+statement per batch, so that work runs without the GIL instead of competing with the traced
+application for it. The mapper here only reads the span objects.
 """
 
 from __future__ import annotations
 
 import base64
-import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -15,7 +18,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind
 
 from otel_sqlite_exporter._config import Options
-from otel_sqlite_exporter._content import extract_text, is_content_key
+from otel_sqlite_exporter._content import CONTENT_MARKERS, extract_text, is_content_key
 
 # The normalisation table. For each column the first key present on the span wins.
 SESSION_KEYS = (
@@ -100,176 +103,166 @@ TYPE_BY_KEY: tuple[tuple[str, Mapping[str, str]], ...] = (
 OPERATION_KEYS = ("gen_ai.operation.name", "llm.request.type")
 SPAN_TYPES = ("llm", "tool", "agent", "chain", "retrieval", "embedding", "workflow", "span")
 
-# Columns of one staged row, in the order SpanMapper.row() produces them.
-ROW_COLUMNS = (
-    "trace_id",
-    "span_id",
-    "parent_span_id",
-    "is_root",
-    "explicit_session",
-    "user_id",
-    "service_name",
-    "name",
-    "kind",
-    "type",
-    "start_time_unix_nano",
-    "end_time_unix_nano",
-    "status_code",
+# How each normalised column is read from the attribute value the table picked.
+COUNT_SLOTS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
+SLOT_KEYS: dict[str, tuple[str, ...]] = {
+    "explicit_session": SESSION_KEYS,
+    "user_id": USER_KEYS,
+    "model": MODEL_KEYS,
+    "provider": PROVIDER_KEYS,
+    "operation": OPERATION_KEYS,
+    "input_tokens": INPUT_TOKEN_KEYS,
+    "output_tokens": OUTPUT_TOKEN_KEYS,
+    "cache_read_tokens": CACHE_READ_KEYS,
+    "cache_write_tokens": CACHE_WRITE_KEYS,
+    "reasoning_tokens": REASONING_KEYS,
+    "explicit_cost": COST_KEYS,
+    # Raw values the span type is derived from (TYPE_BY_KEY, in order).
+    **{f"type_key_{i}": (key,) for i, (key, _) in enumerate(TYPE_BY_KEY)},
+    "tool_name": ("gen_ai.tool.name",),
+}
+
+
+def attribute_key_rows() -> list[tuple[str, int, int, str]]:
+    """The normalisation table as rows (key, slot, rank, kind) for the writer's SQL."""
+    rows = []
+    for slot, (name, keys) in enumerate(SLOT_KEYS.items()):
+        kind = "count" if name in COUNT_SLOTS else "cost" if name == "explicit_cost" else "text"
+        rows.extend((key, slot, rank, kind) for rank, key in enumerate(keys))
+    return rows
+
+
+# One staged row, in the order SpanMapper.row() produces it. SQLite 3.40 parses a row's JSON again
+# for every element read (~1 us each), so every scalar travels packed in the head, at fixed
+# offsets or length-prefixed (HEAD_LAYOUT), and the optional elements are read only when their
+# flag bit is set.
+ROW_ELEMENTS = (
+    "head",
+    "attributes",  # JSON object
     "status_message",
-    "model",
-    "provider",
-    "operation",
-    "input_tokens",
-    "output_tokens",
-    "cache_read_tokens",
-    "cache_write_tokens",
-    "reasoning_tokens",
-    "cost_usd",
+    "events",  # JSON array
+    "links",  # JSON array
     "input_text",
     "output_text",
-    "attributes",
-    "events",
-    "links",
-    "resource_id",
-    "scope_name",
     "scope_version",
 )
+FLAG_ROOT = 1  # no parent, or a parent in another process
+OPTIONAL_FLAGS = {
+    "status_message": 2,
+    "events": 4,
+    "links": 8,
+    "input_text": 16,
+    "output_text": 32,
+    "scope_version": 64,
+}
+# (field, first character (1-based), width); blanks mean NULL. After it: name and scope name, each
+# as a 6-digit length and the text.
+HEAD_LAYOUT = (
+    ("flags", 1, 3),
+    ("trace_id", 4, 32),
+    ("span_id", 36, 16),
+    ("parent_span_id", 52, 16),
+    ("kind_code", 68, 1),  # SpanKind value, see KIND_NAMES
+    ("status_code", 69, 1),  # StatusCode value: 0 unset, 1 ok, 2 error
+    ("start_time_unix_nano", 70, 20),
+    ("end_time_unix_nano", 90, 20),
+    ("resource_id", 110, 10),
+)
+HEAD_NAME_AT = 120
+KIND_NAMES = tuple(kind.name.lower() for kind in sorted(SpanKind, key=lambda k: k.value))
+STATUS_NAMES = ("UNSET", "OK", "ERROR")
 # A JSON column larger than this has its longest strings shortened so one span cannot exhaust the writer.
 MAX_JSON_CHARS = 8 * 1024 * 1024
-
-
-# Column slots filled by the single pass over a span's attributes.
-_SESSION, _USER, _MODEL, _PROVIDER, _OPERATION, _IN, _OUT, _CACHE_READ, _CACHE_WRITE, _REASONING, _COST = (
-    range(11)
-)
-_SLOT_KEYS: tuple[tuple[str, ...], ...] = (
-    SESSION_KEYS,
-    USER_KEYS,
-    MODEL_KEYS,
-    PROVIDER_KEYS,
-    OPERATION_KEYS,
-    INPUT_TOKEN_KEYS,
-    OUTPUT_TOKEN_KEYS,
-    CACHE_READ_KEYS,
-    CACHE_WRITE_KEYS,
-    REASONING_KEYS,
-    COST_KEYS,
-)
-# key -> (slot, rank): one dict lookup per attribute instead of one per table key.
-_KEY_SLOTS: dict[str, tuple[int, int]] = {
-    key: (slot, rank) for slot, keys in enumerate(_SLOT_KEYS) for rank, key in enumerate(keys)
-}
-_KIND = {kind: kind.name.lower() for kind in SpanKind}
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_BLANK = {width: " " * width for width in (10, 16, 20)}
 
 
 class SpanMapper:
-    """Turns spans into rows of ``ROW_COLUMNS``; holds the per-file resource id cache."""
+    """Turns spans into staged rows (``ROW_ELEMENTS``); the normalising itself happens in SQL.
 
-    def __init__(self, options: Options, resource_id: Callable[[str, str | None], int]) -> None:
+    This runs on the writer thread but holds the GIL while it does, so it does only what SQL
+    cannot: read the span objects, and render prompt/completion text for spans that carry any.
+    """
+
+    def __init__(self, options: Options, resource_id: Callable[[str, str | None, str | None], int]) -> None:
         self._limit = options.max_content_length
         self._capture = options.capture_content
-        self._prices = options.prices
         self._resource_id = resource_id
         # Keyed by id(); the Resource is kept in the value so the id cannot be reused while cached.
-        self._resources: dict[int, tuple[Any, int, str | None]] = {}
+        self._resources: dict[int, tuple[Any, int | None]] = {}
 
     def row(self, span: ReadableSpan) -> list[Any]:
-        attrs = _snapshot(span.attributes)
-        if not self._capture:
-            attrs = {k: v for k, v in attrs.items() if not is_content_key(k)}
-        found: list[Any] = [None] * 11
-        ranks = [99] * 11
-        slots = _KEY_SLOTS
-        for key, value in attrs.items():
-            hit = slots.get(key)
-            if hit is not None and value is not None and value != "":
-                slot, rank = hit
-                if rank < ranks[slot]:
-                    ranks[slot] = rank
-                    found[slot] = value
-        model = _text(found[_MODEL])
-        input_tokens = _count(found[_IN])
-        output_tokens = _count(found[_OUT])
-        cache_read = _count(found[_CACHE_READ])
-        cache_write = _count(found[_CACHE_WRITE])
-        reasoning = _count(found[_REASONING])
-        cost = _cost(found[_COST])
-        has_tokens = not (
-            input_tokens is None
-            and output_tokens is None
-            and cache_read is None
-            and cache_write is None
-            and reasoning is None
-        )
-        if cost is None and has_tokens:
-            cost = self._prices.cost(
-                model,
-                input_tokens=input_tokens,
-                output_tokens=output_tokens,
-                cache_read_tokens=cache_read,
-                cache_write_tokens=cache_write,
-                reasoning_tokens=reasoning,
-            )
-        events = span.events
-        if self._capture:
-            input_text, output_text = extract_text(attrs, events, self._limit)
-        else:
-            input_text = output_text = None
-
-        resource_id, service_name = self._resource(span.resource)
-        scope = span.instrumentation_scope
-        status = span.status
         ctx = span.context
         parent = span.parent
-        links = span.links
+        status = span.status
+        scope = span.instrumentation_scope
+        attrs = _snapshot(span.attributes)
+        # The SDK's events/links properties copy under a lock even when empty; look first.
+        span_events = getattr(span, "_events", None)
+        if span_events is None or span_events:
+            span_events = span.events
+        links = getattr(span, "_links", None)
+        if links is None or links:
+            links = span.links
+        flags = FLAG_ROOT if parent is None or parent.is_remote else 0
+        message = status.description
+        if message is not None:
+            flags |= 2
+        events = None
+        if span_events:
+            flags |= 4
+            events = _events(span_events, self._capture)
+        if links:
+            flags |= 8
+            links = _links(links)
+        input_text = output_text = None
+        if not self._capture:
+            attrs = {k: v for k, v in attrs.items() if not is_content_key(k)}
+        elif span_events or not CONTENT_MARKERS.isdisjoint(attrs):
+            input_text, output_text = extract_text(attrs, span_events, self._limit)
+            if input_text is not None:
+                flags |= 16
+            if output_text is not None:
+                flags |= 32
+        version = None if scope is None else scope.version
+        if version is not None:
+            flags |= 64
+        resource = span.resource
+        cached = self._resources.get(id(resource))
+        resource_id = cached[1] if cached is not None and cached[0] is resource else self._resource(resource)
+        name = span.name
+        scope_name = "" if scope is None else scope.name or ""
+        end = span.end_time
         return [
-            f"{ctx.trace_id:032x}",
-            f"{ctx.span_id:016x}",
-            None if parent is None else f"{parent.span_id:016x}",
-            1 if parent is None or parent.is_remote else 0,
-            _text(found[_SESSION]),
-            _text(found[_USER]),
-            service_name,
-            span.name,
-            _KIND[span.kind],
-            _span_type(attrs, model, has_tokens),
-            span.start_time,
-            span.end_time,
-            status.status_code.name,
-            status.description,
-            model,
-            _text(found[_PROVIDER]),
-            _text(found[_OPERATION]),
-            input_tokens,
-            output_tokens,
-            cache_read,
-            cache_write,
-            reasoning,
-            cost,
+            f"{flags:03d}{ctx.trace_id:032x}{ctx.span_id:016x}"
+            f"{_BLANK[16] if parent is None else format(parent.span_id, '016x')}"
+            f"{span.kind.value}{status.status_code.value}{span.start_time:020d}"
+            f"{_BLANK[20] if end is None else format(end, '020d')}"
+            f"{_BLANK[10] if resource_id is None else format(resource_id, '010d')}"
+            f"{len(name):06d}{name}{len(scope_name):06d}{scope_name}",
+            attrs or None,
+            message,
+            events,
+            links or None,
             input_text,
             output_text,
-            attrs or None,
-            _events(events, self._capture) if events else None,
-            _links(links) if links else None,
-            resource_id,
-            None if scope is None else scope.name,
-            None if scope is None else scope.version,
+            version,
         ]
 
-    def _resource(self, resource: Any) -> tuple[int | None, str | None]:
+    def _resource(self, resource: Any) -> int | None:
         if resource is None:
-            return None, None
-        cached = self._resources.get(id(resource))
-        if cached is not None and cached[0] is resource:
-            return cached[1], cached[2]
+            return None
         attrs = dict(resource.attributes)
         service = attrs.get("service.name")
-        service_name = str(service) if service is not None else None
-        rid = self._resource_id(to_json(attrs), getattr(resource, "schema_url", None) or None)
+        rid = self._resource_id(
+            to_json(attrs),
+            getattr(resource, "schema_url", None) or None,
+            None if service is None else str(service),
+        )
         if len(self._resources) > 256:
             self._resources.clear()
-        self._resources[id(resource)] = (resource, rid, service_name)
-        return rid, service_name
+        self._resources[id(resource)] = (resource, rid)
+        return rid
 
     def forget_resources(self) -> None:
         """Drop cached resource ids (after a rolled-back transaction they may not exist)."""
@@ -295,54 +288,6 @@ def _snapshot(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
     return {}
 
 
-def _text(value: Any) -> str | None:
-    if value is None or isinstance(value, str):
-        return value
-    return str(value)
-
-
-def _count(value: Any) -> int | None:
-    if value is None or isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value if value >= 0 else None
-    if isinstance(value, float):
-        return int(value) if math.isfinite(value) and value >= 0 else None
-    if isinstance(value, str):
-        try:
-            number = int(value.strip())
-        except ValueError:
-            return None
-        return number if number >= 0 else None
-    return None
-
-
-def _cost(value: Any) -> float | None:
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        cost = float(value)
-    except (TypeError, ValueError):
-        return None
-    return cost if math.isfinite(cost) and cost >= 0 else None
-
-
-def _span_type(attrs: Mapping[str, Any], model: str | None, has_tokens: bool) -> str:
-    get = attrs.get
-    for key, types in TYPE_BY_KEY:
-        value = get(key)
-        if value is not None:
-            found = types.get(str(value).lower())
-            if found is not None:
-                return found
-    if get("gen_ai.tool.name") is not None:
-        return "tool"
-    # An unknown dialect's model call: a model name plus usage is an LLM call by any reading.
-    if model is not None and has_tokens:
-        return "llm"
-    return "span"
-
-
 def _events(events: Sequence[Any], capture: bool) -> list[dict[str, Any]]:
     out = []
     for event in events:
@@ -366,8 +311,6 @@ def _links(links: Sequence[Any]) -> list[dict[str, Any]]:
     ]
 
 
-# Columns that travel as JSON documents inside the batch (read back with ``->``, not ``->>``).
-JSON_COLUMNS = frozenset({"attributes", "events", "links"})
 # Above this many characters a row is checked for oversized values (see MAX_JSON_CHARS).
 _ROW_CHECK_CHARS = 64 * 1024
 
@@ -423,7 +366,8 @@ def _default(value: Any) -> Any:
 
 def _sanitize(value: Any) -> Any:
     if isinstance(value, str):
-        return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+        # One replacement character per lone surrogate: lengths (the head's prefixes) stay true.
+        return _SURROGATE.sub("\ufffd", value)
     if isinstance(value, bool) or value is None or isinstance(value, float):
         return value
     if isinstance(value, int):

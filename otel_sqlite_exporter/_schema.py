@@ -71,6 +71,7 @@ _V1 = Migration(
             resource_id INTEGER PRIMARY KEY,
             attributes TEXT NOT NULL,
             schema_url TEXT NOT NULL DEFAULT '',
+            service_name TEXT,
             UNIQUE (attributes, schema_url)
         )""",
         """CREATE TABLE spans (

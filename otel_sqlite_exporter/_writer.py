@@ -1,9 +1,14 @@
 """Write: one batch of spans (and session lifecycle events) into the trace file, in one transaction.
 
-Every step is one set-based SQL statement over the whole batch, which arrives as a single JSON
-array. The sqlite3 module re-takes the GIL after every statement step; doing the rows inside SQLite
-keeps that to a few dozen times per batch instead of once per row, so the writer never competes
-with the traced application for the interpreter.
+The batch reaches SQLite as a single JSON document and everything else happens inside SQLite:
+staging, picking the normalised columns from each span's attributes (the table from
+``_normalize``), pricing, sessions, the upsert, the innermost-usage marks and the rollups.
+
+Why this shape: the sqlite3 module releases the GIL while SQLite works and must take it back
+after every statement step (every row of an ``executemany``). While the traced application keeps
+the interpreter busy, each take-back can wait a whole switch interval (5 ms). So the steps are
+grouped into three temp triggers and one recursive query: the writer takes the GIL back a few
+times per batch, and SQLite does the per-row work on the other core.
 """
 
 from __future__ import annotations
@@ -17,121 +22,332 @@ from typing import Any
 from opentelemetry.sdk.trace import ReadableSpan
 
 from otel_sqlite_exporter._config import Options
-from otel_sqlite_exporter._normalize import JSON_COLUMNS, ROW_COLUMNS, SpanMapper, encode_rows
+from otel_sqlite_exporter._normalize import (
+    COUNT_SLOTS,
+    HEAD_LAYOUT,
+    HEAD_NAME_AT,
+    KIND_NAMES,
+    OPTIONAL_FLAGS,
+    ROW_ELEMENTS,
+    SLOT_KEYS,
+    STATUS_NAMES,
+    TYPE_BY_KEY,
+    SpanMapper,
+    attribute_key_rows,
+    encode_rows,
+)
+from otel_sqlite_exporter._pricing import PriceTable
 from otel_sqlite_exporter._schema import connect
 
 logger = logging.getLogger("otel_sqlite_exporter")
 
-_TOKEN_COLUMNS = (
-    "input_tokens",
-    "output_tokens",
-    "cache_read_tokens",
-    "cache_write_tokens",
-    "reasoning_tokens",
-)
-# Columns an end row overwrites in its start row (everything but the keys and the bookkeeping flags).
-_SPAN_DATA = (
-    "parent_span_id",
-    "session_id",
-    "name",
-    "kind",
-    "type",
-    "start_time_unix_nano",
-    "end_time_unix_nano",
-    "duration_ms",
-    "status_code",
-    "status_message",
-    "model",
-    "provider",
-    "operation",
-    *_TOKEN_COLUMNS,
-    "cost_usd",
-    "input_text",
-    "output_text",
-    "attributes",
-    "events",
-    "links",
-    "resource_id",
-    "scope_name",
-    "scope_version",
-    "is_root",
-    "has_usage",
+_TOKENS = COUNT_SLOTS
+_SLOTS = tuple(SLOT_KEYS)
+_ELEMENT = {name: index for index, name in enumerate(ROW_ELEMENTS)}
+
+# -- per-connection scratch space -----------------------------------------------------------------
+
+_SCRATCH = (
+    """CREATE TEMP TABLE attribute_keys (
+        key TEXT, slot INTEGER, rank INTEGER, kind TEXT, PRIMARY KEY (key, slot)) WITHOUT ROWID""",
+    """CREATE TEMP TABLE prices (
+        model TEXT PRIMARY KEY,
+        input REAL, output REAL, cache_read REAL, cache_write REAL, reasoning REAL)""",
+    f"""CREATE TEMP TABLE staged_spans (
+        raw, head, flags, trace_id, span_id, parent_span_id,
+        name, kind_code, start_time_unix_nano, end_time_unix_nano, status_code, attributes, resource_id,
+        scope_name, status_message, events, links, input_text, output_text, scope_version,
+        {", ".join(_SLOTS)})""",
+    "CREATE INDEX temp.staged_spans_by_key ON staged_spans (trace_id, span_id)",
+    """CREATE TEMP TABLE staged_traces (
+        trace_id TEXT PRIMARY KEY, explicit_session TEXT, service_name TEXT, user_id TEXT)""",
+    "CREATE TEMP TABLE moved_traces (trace_id TEXT PRIMARY KEY, old_session_id TEXT)",
+    "CREATE TEMP TABLE touched_sessions (session_id TEXT PRIMARY KEY)",
+    "CREATE TEMP TABLE ancestors (trace_id, span_id, PRIMARY KEY (trace_id, span_id))",
 )
 
-_CREATE_TEMP = (
-    f"CREATE TEMP TABLE IF NOT EXISTS staged_spans ({', '.join(ROW_COLUMNS)}, "
-    "PRIMARY KEY (trace_id, span_id))",
-    """CREATE TEMP TABLE IF NOT EXISTS staged_traces (
-        trace_id TEXT PRIMARY KEY, explicit_session TEXT, service_name TEXT, user_id TEXT)""",
-    "CREATE TEMP TABLE IF NOT EXISTS moved_traces (trace_id TEXT PRIMARY KEY, old_session_id TEXT)",
-    "CREATE TEMP TABLE IF NOT EXISTS touched_sessions (session_id TEXT PRIMARY KEY)",
-    "CREATE TEMP TABLE IF NOT EXISTS ancestors (trace_id, span_id, PRIMARY KEY (trace_id, span_id))",
+# -- step 1: stage the batch and normalise it ----------------------------------------------------
+
+
+def _head_field(field: str, at: int, width: int) -> str:
+    text = f"substr(head, {at}, {width})"
+    if field in ("trace_id", "span_id"):
+        return text
+    if field == "parent_span_id":
+        return f"nullif(trim({text}), '')"
+    return f"CAST(nullif(trim({text}), '') AS INTEGER)"
+
+
+_name_length = f"CAST(substr(head, {HEAD_NAME_AT}, 6) AS INTEGER)"
+_scope_at = f"{HEAD_NAME_AT + 6} + {_name_length}"
+_unpack_head = ", ".join(
+    [f"{field} = {_head_field(field, at, width)}" for field, at, width in HEAD_LAYOUT]
+    + [
+        f"name = substr(head, {HEAD_NAME_AT + 6}, {_name_length})",
+        f"scope_name = nullif(substr(head, {_scope_at} + 6, "
+        f"CAST(substr(head, {_scope_at}, 6) AS INTEGER)), '')",
+    ]
 )
-_CLEAR_TEMP = tuple(
+
+_optional = ", ".join(
+    f"{name} = CASE WHEN flags & {bit} THEN raw {'->' if name in ('events', 'links') else '->>'} "
+    f"{_ELEMENT[name]} END"
+    for name, bit in OPTIONAL_FLAGS.items()
+)
+_count = """CASE
+        WHEN a.type = 'integer' AND a.atom >= 0 THEN a.atom
+        WHEN a.type = 'real' AND a.atom >= 0 AND a.atom < 9e18 THEN CAST(a.atom AS INTEGER)
+        WHEN a.type = 'text' AND trim(a.atom) != '' AND trim(a.atom) NOT GLOB '*[^0-9]*'
+             AND length(trim(a.atom)) < 19 THEN CAST(trim(a.atom) AS INTEGER) END"""
+_cost = """CASE
+        WHEN a.type IN ('integer', 'real') AND a.atom >= 0 THEN CAST(a.atom AS REAL)
+        WHEN a.type = 'text' AND trim(a.atom) GLOB '[0-9]*' AND trim(a.atom) NOT GLOB '*[^0-9.eE+-]*'
+             THEN CAST(trim(a.atom) AS REAL) END"""
+_STAGE_TRIGGER = f"""
+CREATE TEMP TRIGGER stage_batch INSTEAD OF INSERT ON stage_batch BEGIN
+    INSERT INTO staged_spans (raw, head, attributes)
+    SELECT value, value ->> 0, nullif(value -> 1, 'null') FROM json_each(NEW.payload);
+    UPDATE staged_spans SET {_unpack_head};
+    UPDATE staged_spans SET {_optional} WHERE flags & {sum(OPTIONAL_FLAGS.values())};
+    -- The normalisation table: for each column, the best-ranked key present on the span wins.
+    UPDATE staged_spans SET ({", ".join(_SLOTS)}) = (
+        SELECT {", ".join(f"max(v) FILTER (WHERE slot = {i})" for i in range(len(_SLOTS)))}
+        FROM (
+            SELECT k.slot AS slot, min(k.rank),
+                   CASE k.kind WHEN 'count' THEN {_count} WHEN 'cost' THEN {_cost}
+                       ELSE CAST(a.atom AS TEXT) END AS v
+            FROM json_each(staged_spans.attributes) AS a JOIN attribute_keys AS k ON k.key = a.key
+            WHERE a.type NOT IN ('null', 'array', 'object') AND a.atom != ''
+            GROUP BY k.slot))
+    WHERE attributes IS NOT NULL;
+END"""
+_NEW_MODELS = """
+SELECT DISTINCT model FROM temp.staged_spans
+WHERE model IS NOT NULL AND model NOT IN (SELECT model FROM temp.prices)
+"""
+
+# -- step 2: traces, sessions, the span upsert ----------------------------------------------------
+
+_has_tokens = " OR ".join(f"s.{c} IS NOT NULL" for c in _TOKENS)
+_z = {c: f"coalesce(s.{c}, 0)" for c in _TOKENS}
+# The same formula as PriceTable.cost(): input includes cache reads/writes, output includes reasoning.
+_priced = f"""(SELECT round((
+        max(0, {_z["input_tokens"]} - {_z["cache_read_tokens"]} - {_z["cache_write_tokens"]}) * p.input
+        + {_z["cache_read_tokens"]} * coalesce(p.cache_read, p.input)
+        + {_z["cache_write_tokens"]} * coalesce(p.cache_write, p.input)
+        + max(0, {_z["output_tokens"]} - {_z["reasoning_tokens"]}) * p.output
+        + {_z["reasoning_tokens"]} * coalesce(p.reasoning, p.output)) / 1000000.0, 10)
+    FROM prices AS p WHERE p.model = s.model)"""
+_type_cases = [
+    "CASE lower(s.type_key_{i}) {whens} END".format(
+        i=i, whens=" ".join(f"WHEN '{value}' THEN '{span_type}'" for value, span_type in types.items())
+    )
+    for i, (_, types) in enumerate(TYPE_BY_KEY)
+]
+_span_type = f"""coalesce({", ".join(_type_cases)},
+        CASE WHEN s.tool_name IS NOT NULL THEN 'tool' END,
+        -- An unknown dialect's model call: a model name plus usage is an LLM call by any reading.
+        CASE WHEN s.model IS NOT NULL AND ({_has_tokens}) THEN 'llm' END,
+        'span')"""
+_kind = "CASE s.kind_code " + " ".join(f"WHEN {i} THEN '{n}'" for i, n in enumerate(KIND_NAMES)) + " END"
+_status = (
+    "CASE s.status_code " + " ".join(f"WHEN {i} THEN '{n}'" for i, n in enumerate(STATUS_NAMES)) + " END"
+)
+# Columns an end row overwrites in its start row (everything but the keys and the usage marks).
+_SPAN_DATA = {
+    "parent_span_id": "s.parent_span_id",
+    "session_id": "t.session_id",
+    "name": "s.name",
+    "kind": _kind,
+    "type": _span_type,
+    "start_time_unix_nano": "s.start_time_unix_nano",
+    "end_time_unix_nano": "s.end_time_unix_nano",
+    "duration_ms": "(s.end_time_unix_nano - s.start_time_unix_nano) / 1000000.0",
+    "status_code": _status,
+    "status_message": "s.status_message",
+    "model": "s.model",
+    "provider": "s.provider",
+    "operation": "s.operation",
+    **{c: f"s.{c}" for c in _TOKENS},
+    "cost_usd": f"coalesce(s.explicit_cost, CASE WHEN {_has_tokens} THEN {_priced} END)",
+    "input_text": "s.input_text",
+    "output_text": "s.output_text",
+    "attributes": "s.attributes",
+    "events": "s.events",
+    "links": "s.links",
+    "resource_id": "s.resource_id",
+    "scope_name": "s.scope_name",
+    "scope_version": "s.scope_version",
+    "is_root": "s.flags & 1",
+    "has_usage": f"({_has_tokens} OR s.explicit_cost IS NOT NULL)",
+}
+_STORE_TRIGGER = f"""
+CREATE TEMP TRIGGER store_batch INSTEAD OF INSERT ON store_batch BEGIN
+    -- A trace's session: its root's explicit session, else the earliest explicit one, else its own id.
+    INSERT INTO staged_traces (trace_id, explicit_session, service_name, user_id)
+    SELECT s.trace_id,
+           (SELECT e.explicit_session FROM staged_spans AS e
+             WHERE e.trace_id = s.trace_id AND e.explicit_session IS NOT NULL
+             ORDER BY e.flags & 1 DESC, e.start_time_unix_nano LIMIT 1),
+           max(r.service_name), max(s.user_id)
+    FROM staged_spans AS s LEFT JOIN resources AS r ON r.resource_id = s.resource_id
+    GROUP BY s.trace_id;
+    INSERT INTO moved_traces (trace_id, old_session_id)
+    SELECT t.trace_id, t.session_id FROM staged_traces AS st JOIN traces AS t ON t.trace_id = st.trace_id
+    WHERE t.session_explicit = 0 AND st.explicit_session IS NOT NULL;
+    INSERT INTO traces (trace_id, session_id, session_explicit, service_name)
+    SELECT trace_id, coalesce(explicit_session, trace_id), explicit_session IS NOT NULL, service_name
+    FROM staged_traces WHERE true
+    ON CONFLICT (trace_id) DO UPDATE SET session_id = excluded.session_id, session_explicit = 1
+    WHERE traces.session_explicit = 0 AND excluded.session_explicit = 1;
+    UPDATE spans SET session_id = (SELECT t.session_id FROM traces AS t WHERE t.trace_id = spans.trace_id)
+    WHERE trace_id IN (SELECT trace_id FROM moved_traces);
+    -- A trace that was its own session until a span named the real one leaves no empty session behind.
+    DELETE FROM sessions
+    WHERE session_id IN (SELECT old_session_id FROM moved_traces) AND managed = 0
+      AND NOT EXISTS (SELECT 1 FROM traces AS t WHERE t.session_id = sessions.session_id);
+    INSERT INTO sessions (session_id, user_id, service_name)
+    SELECT t.session_id, max(st.user_id), max(st.service_name)
+    FROM staged_traces AS st JOIN traces AS t ON t.trace_id = st.trace_id WHERE true GROUP BY t.session_id
+    ON CONFLICT (session_id) DO UPDATE SET
+        user_id = coalesce(sessions.user_id, excluded.user_id),
+        service_name = coalesce(sessions.service_name, excluded.service_name);
+    INSERT INTO spans (trace_id, span_id, {", ".join(_SPAN_DATA)})
+    SELECT s.trace_id, s.span_id, {", ".join(_SPAN_DATA.values())}
+    FROM staged_spans AS s JOIN traces AS t ON t.trace_id = s.trace_id WHERE true
+    ON CONFLICT (trace_id, span_id) DO UPDATE SET {", ".join(f"{c} = excluded.{c}" for c in _SPAN_DATA)}
+    -- A late start row never overwrites the completed row.
+    WHERE excluded.end_time_unix_nano IS NOT NULL OR spans.end_time_unix_nano IS NULL;
+    -- Children often arrive before their parents: an ancestor that was not stored yet when a span
+    -- beneath it carried usage waits in pending_ancestors, and is marked when it arrives.
+    UPDATE spans SET usage_below = 1
+    WHERE usage_below = 0 AND (trace_id, span_id) IN (
+        SELECT p.trace_id, p.span_id FROM pending_ancestors AS p
+        JOIN staged_spans AS s ON s.trace_id = p.trace_id AND s.span_id = p.span_id);
+    -- A claimed span's ancestors are walked too: step 3 starts from the rows put here.
+    INSERT OR IGNORE INTO ancestors (trace_id, span_id)
+    SELECT s.trace_id, s.parent_span_id FROM pending_ancestors AS p
+    JOIN staged_spans AS s ON s.trace_id = p.trace_id AND s.span_id = p.span_id
+    WHERE s.parent_span_id IS NOT NULL AND NOT s.flags & 1;
+    DELETE FROM pending_ancestors WHERE (trace_id, span_id) IN (SELECT trace_id, span_id FROM staged_spans);
+END"""
+
+# -- step 3: every ancestor of a span with usage is marked usage_below ------------------------------
+# (A recursive query cannot run inside a trigger, so this is a statement of its own.)
+
+_staged_usage = " OR ".join(f"{c} IS NOT NULL" for c in (*_TOKENS, "explicit_cost"))
+_WALK_UP = f"""
+WITH RECURSIVE up (trace_id, span_id) AS (
+    -- The parents of staged spans with usage, and the ancestors seeded by claimed pending marks.
+    SELECT trace_id, parent_span_id FROM temp.staged_spans
+    WHERE parent_span_id IS NOT NULL AND NOT flags & 1 AND ({_staged_usage})
+    UNION SELECT trace_id, span_id FROM temp.ancestors
+    UNION
+    SELECT sp.trace_id, sp.parent_span_id
+    FROM up JOIN spans AS sp ON sp.trace_id = up.trace_id AND sp.span_id = up.span_id
+    -- An ancestor already marked has had its own ancestors marked: stop there.
+    WHERE sp.parent_span_id IS NOT NULL AND sp.is_root = 0 AND sp.usage_below = 0
+)
+INSERT OR IGNORE INTO temp.ancestors (trace_id, span_id) SELECT trace_id, span_id FROM up
+"""
+
+# -- step 4: marks, rollups, clean-up ---------------------------------------------------------------
+
+_counted = "FILTER (WHERE s.has_usage = 1 AND s.usage_below = 0)"
+_FINISH_TRIGGER = f"""
+CREATE TEMP TRIGGER finish_batch INSTEAD OF INSERT ON finish_batch BEGIN
+    UPDATE spans SET usage_below = 1
+    WHERE usage_below = 0 AND (trace_id, span_id) IN (SELECT trace_id, span_id FROM ancestors);
+    INSERT OR IGNORE INTO pending_ancestors (trace_id, span_id)
+    SELECT a.trace_id, a.span_id FROM ancestors AS a
+    WHERE NOT EXISTS (SELECT 1 FROM spans AS s WHERE s.trace_id = a.trace_id AND s.span_id = a.span_id);
+    -- Rollups count every token once: only spans with usage and none beneath them.
+    UPDATE traces SET
+        span_count = a.n, error_count = a.errors,
+        {", ".join(f"{c} = a.{c}" for c in _TOKENS)}, cost_usd = a.cost_usd,
+        start_time_unix_nano = a.start_time,
+        end_time_unix_nano = CASE WHEN a.status = 'running' THEN NULL ELSE a.end_time END,
+        root_span_id = a.root_span_id, root_span_name = a.root_span_name, status = a.status
+    FROM (
+        SELECT s.trace_id, count(*) AS n, count(*) FILTER (WHERE s.status_code = 'ERROR') AS errors,
+               {", ".join(f"coalesce(sum(s.{c}) {_counted}, 0) AS {c}" for c in _TOKENS)},
+               sum(s.cost_usd) {_counted} AS cost_usd,
+               min(s.start_time_unix_nano) AS start_time, max(s.end_time_unix_nano) AS end_time,
+               max(s.span_id) FILTER (WHERE s.is_root = 1) AS root_span_id,
+               max(s.name) FILTER (WHERE s.is_root = 1) AS root_span_name,
+               CASE
+                   WHEN max(s.is_root) = 1 THEN CASE
+                       WHEN max(s.end_time_unix_nano IS NULL) FILTER (WHERE s.is_root = 1) THEN 'running'
+                       WHEN max(s.status_code = 'ERROR') FILTER (WHERE s.is_root = 1) THEN 'failed'
+                       ELSE 'completed' END
+                   WHEN max(s.end_time_unix_nano IS NULL) THEN 'running'
+                   ELSE 'completed'
+               END AS status
+        FROM spans AS s WHERE s.trace_id IN (SELECT trace_id FROM staged_traces) GROUP BY s.trace_id
+    ) AS a
+    WHERE traces.trace_id = a.trace_id;
+    INSERT OR IGNORE INTO touched_sessions (session_id)
+    SELECT t.session_id FROM staged_traces AS st JOIN traces AS t ON t.trace_id = st.trace_id
+    UNION SELECT old_session_id FROM moved_traces;
+    UPDATE sessions SET
+        span_count = a.n, error_count = a.errors,
+        {", ".join(f"{c} = a.{c}" for c in _TOKENS)}, cost_usd = a.cost_usd,
+        start_time_unix_nano = min(coalesce(sessions.start_time_unix_nano, a.start_time),
+                                   coalesce(a.start_time, sessions.start_time_unix_nano)),
+        end_time_unix_nano = CASE WHEN a.status = 'running' THEN NULL
+            ELSE nullif(max(coalesce(sessions.end_time_unix_nano, 0), coalesce(a.end_time, 0)), 0) END,
+        status = a.status
+    FROM (
+        SELECT se.session_id, coalesce(sum(t.span_count), 0) AS n, coalesce(sum(t.error_count), 0) AS errors,
+               {", ".join(f"coalesce(sum(t.{c}), 0) AS {c}" for c in _TOKENS)},
+               sum(t.cost_usd) AS cost_usd,
+               min(t.start_time_unix_nano) AS start_time, max(t.end_time_unix_nano) AS end_time,
+               CASE
+                   WHEN se.status = 'interrupted' AND se.managed = 0 THEN 'interrupted'
+                   WHEN se.managed = 1 THEN CASE
+                       WHEN se.outcome IS NULL THEN 'running'
+                       WHEN se.outcome != 'completed' THEN se.outcome
+                       WHEN max(t.status = 'failed') THEN 'failed'
+                       ELSE 'completed' END
+                   WHEN max(t.status = 'running') THEN 'running'
+                   WHEN max(t.status = 'failed') THEN 'failed'
+                   ELSE 'completed'
+               END AS status
+        FROM touched_sessions AS ts
+        JOIN sessions AS se ON se.session_id = ts.session_id
+        LEFT JOIN traces AS t ON t.session_id = se.session_id
+        GROUP BY se.session_id
+    ) AS a
+    WHERE sessions.session_id = a.session_id;
+    DELETE FROM staged_spans;
+    DELETE FROM staged_traces;
+    DELETE FROM moved_traces;
+    DELETE FROM touched_sessions;
+    DELETE FROM ancestors;
+END"""
+
+_PIPELINE = (
+    *_SCRATCH,
+    "CREATE TEMP VIEW stage_batch (payload) AS SELECT NULL",
+    _STAGE_TRIGGER,
+    "CREATE TEMP VIEW store_batch (go) AS SELECT NULL",
+    _STORE_TRIGGER,
+    "CREATE TEMP VIEW finish_batch (go) AS SELECT NULL",
+    _FINISH_TRIGGER,
+)
+_CLEAR = tuple(
     f"DELETE FROM temp.{name}"
     for name in ("staged_spans", "staged_traces", "moved_traces", "touched_sessions", "ancestors")
 )
 
-_STAGE = (
-    f"INSERT INTO temp.staged_spans ({', '.join(ROW_COLUMNS)}) "
-    "SELECT "
-    + ", ".join(
-        f"nullif(value -> {i}, 'null')" if name in JSON_COLUMNS else f"value ->> {i}"
-        for i, name in enumerate(ROW_COLUMNS)
-    )
-    + " FROM json_each(?)"
-)
-# A trace's session: its root's explicit session, else the earliest explicit one, else the trace id.
-_STAGE_TRACES = """
-INSERT INTO temp.staged_traces (trace_id, explicit_session, service_name, user_id)
-SELECT s.trace_id,
-       (SELECT e.explicit_session FROM temp.staged_spans e
-         WHERE e.trace_id = s.trace_id AND e.explicit_session IS NOT NULL
-         ORDER BY e.is_root DESC, e.start_time_unix_nano LIMIT 1),
-       max(s.service_name), max(s.user_id)
-FROM temp.staged_spans s GROUP BY s.trace_id
-"""
-_FIND_MOVED = """
-INSERT INTO temp.moved_traces (trace_id, old_session_id)
-SELECT t.trace_id, t.session_id FROM temp.staged_traces st JOIN traces t ON t.trace_id = st.trace_id
-WHERE t.session_explicit = 0 AND st.explicit_session IS NOT NULL
-"""
-_UPSERT_TRACES = """
-INSERT INTO traces (trace_id, session_id, session_explicit, service_name)
-SELECT trace_id, coalesce(explicit_session, trace_id), explicit_session IS NOT NULL, service_name
-FROM temp.staged_traces WHERE true
-ON CONFLICT (trace_id) DO UPDATE SET session_id = excluded.session_id, session_explicit = 1
-WHERE traces.session_explicit = 0 AND excluded.session_explicit = 1
-"""
-_MOVE_SPANS = """
-UPDATE spans SET session_id = (SELECT t.session_id FROM traces t WHERE t.trace_id = spans.trace_id)
-WHERE trace_id IN (SELECT trace_id FROM temp.moved_traces)
-"""
-_DROP_PLACEHOLDERS = """
-DELETE FROM sessions
-WHERE session_id IN (SELECT old_session_id FROM temp.moved_traces) AND managed = 0
-  AND NOT EXISTS (SELECT 1 FROM traces t WHERE t.session_id = sessions.session_id)
-"""
-_UPSERT_SESSIONS = """
-INSERT INTO sessions (session_id, user_id, service_name)
-SELECT t.session_id, max(st.user_id), max(st.service_name)
-FROM temp.staged_traces st JOIN traces t ON t.trace_id = st.trace_id WHERE true GROUP BY t.session_id
-ON CONFLICT (session_id) DO UPDATE SET
-    user_id = coalesce(sessions.user_id, excluded.user_id),
-    service_name = coalesce(sessions.service_name, excluded.service_name)
-"""
-_TOUCH_SESSIONS = """
-INSERT OR IGNORE INTO temp.touched_sessions (session_id)
-SELECT t.session_id FROM temp.staged_traces st JOIN traces t ON t.trace_id = st.trace_id
-UNION SELECT old_session_id FROM temp.moved_traces
-"""
+# -- session() blocks --------------------------------------------------------------------------------
+
 _OPEN_SESSION = """
-INSERT INTO sessions (session_id, task, user_id, service_name, start_time_unix_nano, managed, status)
-VALUES (:session_id, :task, :user_id, :service_name, :time, 1, 'running')
+INSERT INTO sessions (session_id, task, user_id, start_time_unix_nano, managed, status)
+VALUES (:session_id, :task, :user_id, :time, 1, 'running')
 ON CONFLICT (session_id) DO UPDATE SET
     task = coalesce(excluded.task, sessions.task),
     user_id = coalesce(excluded.user_id, sessions.user_id),
-    service_name = coalesce(sessions.service_name, excluded.service_name),
     start_time_unix_nano = min(coalesce(sessions.start_time_unix_nano, excluded.start_time_unix_nano),
                                excluded.start_time_unix_nano),
     end_time_unix_nano = NULL, managed = 1, outcome = NULL, status = 'running'
@@ -141,114 +357,6 @@ INSERT INTO sessions (session_id, task, user_id, end_time_unix_nano, managed, ou
 VALUES (:session_id, :task, :user_id, :time, 1, :outcome, :outcome)
 ON CONFLICT (session_id) DO UPDATE SET end_time_unix_nano = excluded.end_time_unix_nano,
     managed = 1, outcome = excluded.outcome
-"""
-_has_usage = " OR ".join(f"s.{c} IS NOT NULL" for c in (*_TOKEN_COLUMNS, "cost_usd"))
-_UPSERT_SPANS = f"""
-INSERT INTO spans ({", ".join(("trace_id", "span_id", *_SPAN_DATA))})
-SELECT s.trace_id, s.span_id, s.parent_span_id, t.session_id, s.name, s.kind, s.type,
-       s.start_time_unix_nano, s.end_time_unix_nano,
-       (s.end_time_unix_nano - s.start_time_unix_nano) / 1000000.0,
-       s.status_code, s.status_message, s.model, s.provider, s.operation,
-       {", ".join(f"s.{c}" for c in _TOKEN_COLUMNS)}, s.cost_usd, s.input_text, s.output_text,
-       s.attributes, s.events, s.links, s.resource_id, s.scope_name, s.scope_version, s.is_root,
-       {_has_usage}
-FROM temp.staged_spans s JOIN traces t ON t.trace_id = s.trace_id WHERE true
-ON CONFLICT (trace_id, span_id) DO UPDATE SET
-    {", ".join(f"{c} = excluded.{c}" for c in _SPAN_DATA)}
--- A late start row never overwrites the completed row.
-WHERE excluded.end_time_unix_nano IS NOT NULL OR spans.end_time_unix_nano IS NULL
-"""
-# A span whose descendant carries usage is marked usage_below, so only the innermost usage counts.
-# Children often arrive before their parents: an ancestor not stored yet waits in pending_ancestors.
-_CLAIM_PENDING = """
-UPDATE spans SET usage_below = 1
-WHERE usage_below = 0 AND (trace_id, span_id) IN (
-    SELECT p.trace_id, p.span_id FROM pending_ancestors p
-    JOIN temp.staged_spans s ON s.trace_id = p.trace_id AND s.span_id = p.span_id)
-"""
-_DELETE_PENDING = """
-DELETE FROM pending_ancestors WHERE (trace_id, span_id) IN (SELECT trace_id, span_id FROM temp.staged_spans)
-"""
-_WALK_UP = """
-WITH RECURSIVE up (trace_id, span_id) AS (
-    SELECT sp.trace_id, sp.parent_span_id
-    FROM temp.staged_spans st JOIN spans sp ON sp.trace_id = st.trace_id AND sp.span_id = st.span_id
-    WHERE sp.parent_span_id IS NOT NULL AND sp.is_root = 0 AND (sp.has_usage = 1 OR sp.usage_below = 1)
-    UNION
-    SELECT sp.trace_id, sp.parent_span_id
-    FROM up JOIN spans sp ON sp.trace_id = up.trace_id AND sp.span_id = up.span_id
-    -- An ancestor already marked has had its own ancestors marked: stop there.
-    WHERE sp.parent_span_id IS NOT NULL AND sp.is_root = 0 AND sp.usage_below = 0
-)
-INSERT OR IGNORE INTO temp.ancestors (trace_id, span_id) SELECT trace_id, span_id FROM up
-"""
-_MARK_ANCESTORS = """
-UPDATE spans SET usage_below = 1
-WHERE usage_below = 0 AND (trace_id, span_id) IN (SELECT trace_id, span_id FROM temp.ancestors)
-"""
-_PEND_ANCESTORS = """
-INSERT OR IGNORE INTO pending_ancestors (trace_id, span_id)
-SELECT a.trace_id, a.span_id FROM temp.ancestors a
-WHERE NOT EXISTS (SELECT 1 FROM spans s WHERE s.trace_id = a.trace_id AND s.span_id = a.span_id)
-"""
-_counted = "FILTER (WHERE s.has_usage = 1 AND s.usage_below = 0)"
-_ROLLUP_TRACES = f"""
-UPDATE traces SET
-    span_count = a.n, error_count = a.errors,
-    {", ".join(f"{c} = a.{c}" for c in _TOKEN_COLUMNS)}, cost_usd = a.cost_usd,
-    start_time_unix_nano = a.start_time,
-    end_time_unix_nano = CASE WHEN a.status = 'running' THEN NULL ELSE a.end_time END,
-    root_span_id = a.root_span_id, root_span_name = a.root_span_name, status = a.status
-FROM (
-    SELECT s.trace_id, count(*) AS n, count(*) FILTER (WHERE s.status_code = 'ERROR') AS errors,
-           {", ".join(f"coalesce(sum(s.{c}) {_counted}, 0) AS {c}" for c in _TOKEN_COLUMNS)},
-           sum(s.cost_usd) {_counted} AS cost_usd,
-           min(s.start_time_unix_nano) AS start_time, max(s.end_time_unix_nano) AS end_time,
-           max(s.span_id) FILTER (WHERE s.is_root = 1) AS root_span_id,
-           max(s.name) FILTER (WHERE s.is_root = 1) AS root_span_name,
-           CASE
-               WHEN max(s.is_root) = 1 THEN CASE
-                   WHEN max(s.end_time_unix_nano IS NULL) FILTER (WHERE s.is_root = 1) THEN 'running'
-                   WHEN max(s.status_code = 'ERROR') FILTER (WHERE s.is_root = 1) THEN 'failed'
-                   ELSE 'completed' END
-               WHEN max(s.end_time_unix_nano IS NULL) THEN 'running'
-               ELSE 'completed'
-           END AS status
-    FROM spans s WHERE s.trace_id IN (SELECT trace_id FROM temp.staged_traces) GROUP BY s.trace_id
-) AS a
-WHERE traces.trace_id = a.trace_id
-"""
-_ROLLUP_SESSIONS = f"""
-UPDATE sessions SET
-    span_count = a.n, error_count = a.errors,
-    {", ".join(f"{c} = a.{c}" for c in _TOKEN_COLUMNS)}, cost_usd = a.cost_usd,
-    start_time_unix_nano = min(coalesce(sessions.start_time_unix_nano, a.start_time),
-                               coalesce(a.start_time, sessions.start_time_unix_nano)),
-    end_time_unix_nano = CASE WHEN a.status = 'running' THEN NULL
-        ELSE nullif(max(coalesce(sessions.end_time_unix_nano, 0), coalesce(a.end_time, 0)), 0) END,
-    status = a.status
-FROM (
-    SELECT se.session_id, coalesce(sum(t.span_count), 0) AS n, coalesce(sum(t.error_count), 0) AS errors,
-           {", ".join(f"coalesce(sum(t.{c}), 0) AS {c}" for c in _TOKEN_COLUMNS)},
-           sum(t.cost_usd) AS cost_usd,
-           min(t.start_time_unix_nano) AS start_time, max(t.end_time_unix_nano) AS end_time,
-           CASE
-               WHEN se.status = 'interrupted' AND se.managed = 0 THEN 'interrupted'
-               WHEN se.managed = 1 THEN CASE
-                   WHEN se.outcome IS NULL THEN 'running'
-                   WHEN se.outcome != 'completed' THEN se.outcome
-                   WHEN max(t.status = 'failed') THEN 'failed'
-                   ELSE 'completed' END
-               WHEN max(t.status = 'running') THEN 'running'
-               WHEN max(t.status = 'failed') THEN 'failed'
-               ELSE 'completed'
-           END AS status
-    FROM temp.touched_sessions ts
-    JOIN sessions se ON se.session_id = ts.session_id
-    LEFT JOIN traces t ON t.session_id = se.session_id
-    GROUP BY se.session_id
-) AS a
-WHERE sessions.session_id = a.session_id
 """
 
 
@@ -270,16 +378,17 @@ class TraceWriter:
     def __init__(self, options: Options) -> None:
         self.path = options.path
         self._conn = connect(options.path, busy_timeout_millis=options.busy_timeout_millis)
-        for statement in _CREATE_TEMP:
+        for statement in _PIPELINE:
             self._conn.execute(statement)
+        self._conn.executemany("INSERT INTO temp.attribute_keys VALUES (?, ?, ?, ?)", attribute_key_rows())
         if options.retention_days is not None:
             self._conn.execute(
                 "INSERT INTO settings (key, value) VALUES ('retention_days', ?) "
                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 (str(options.retention_days),),
             )
+        self._prices: PriceTable = options.prices
         self._mapper = SpanMapper(options, self._resource_id)
-        self._service_name: str | None = None
         #: Spans skipped because they could not be mapped at all (a bug worth reporting).
         self.unmappable = 0
 
@@ -297,27 +406,11 @@ class TraceWriter:
             for event in events:
                 self._apply_event(event)
             if rows:
-                conn.execute(_STAGE, (encode_rows(rows),))
-                for statement in (
-                    _STAGE_TRACES,
-                    _FIND_MOVED,
-                    _UPSERT_TRACES,
-                    _MOVE_SPANS,
-                    _DROP_PLACEHOLDERS,
-                    _UPSERT_SESSIONS,
-                    _UPSERT_SPANS,
-                    _CLAIM_PENDING,
-                    _DELETE_PENDING,
-                    _WALK_UP,
-                    _MARK_ANCESTORS,
-                    _PEND_ANCESTORS,
-                    _ROLLUP_TRACES,
-                    _TOUCH_SESSIONS,
-                ):
-                    conn.execute(statement)
-            conn.execute(_ROLLUP_SESSIONS)
-            for statement in _CLEAR_TEMP:
-                conn.execute(statement)
+                conn.execute("INSERT INTO temp.stage_batch (payload) VALUES (?)", (encode_rows(rows),))
+                self._price_new_models()
+                conn.execute("INSERT INTO temp.store_batch (go) VALUES (1)")
+                conn.execute(_WALK_UP)
+            conn.execute("INSERT INTO temp.finish_batch (go) VALUES (1)")
             conn.execute("COMMIT")
         except BaseException:
             self._rollback()
@@ -341,13 +434,24 @@ class TraceWriter:
                         )
             return rows
 
+    def _price_new_models(self) -> None:
+        # Usually no rows: each model name is priced once per connection.
+        new = [model for (model,) in self._conn.execute(_NEW_MODELS)]
+        for model in new:
+            price = self._prices.lookup(model)
+            self._conn.execute(
+                "INSERT OR IGNORE INTO temp.prices VALUES (?, ?, ?, ?, ?, ?)",
+                (model, None, None, None, None, None)
+                if price is None
+                else (model, price.input, price.output, price.cache_read, price.cache_write, price.reasoning),
+            )
+
     def _apply_event(self, event: SessionEvent) -> None:
         params: dict[str, Any] = {
             "session_id": event.session_id,
             "task": event.task,
             "user_id": event.user_id,
             "time": event.time_unix_nano,
-            "service_name": self._service_name,
             "outcome": event.outcome,
         }
         self._conn.execute(_OPEN_SESSION if event.kind == "open" else _CLOSE_SESSION, params)
@@ -355,15 +459,15 @@ class TraceWriter:
             "INSERT OR IGNORE INTO temp.touched_sessions (session_id) VALUES (?)", (event.session_id,)
         )
 
-    def _resource_id(self, attributes: str, schema_url: str | None) -> int:
+    def _resource_id(self, attributes: str, schema_url: str | None, service_name: str | None) -> int:
         # Outside the batch transaction when called from row mapping: a resource row is harmless on its own.
+        key = (attributes, schema_url or "")
         self._conn.execute(
-            "INSERT OR IGNORE INTO resources (attributes, schema_url) VALUES (?, ?)",
-            (attributes, schema_url or ""),
+            "INSERT OR IGNORE INTO resources (attributes, schema_url, service_name) VALUES (?, ?, ?)",
+            (*key, service_name),
         )
         row = self._conn.execute(
-            "SELECT resource_id FROM resources WHERE attributes = ? AND schema_url = ?",
-            (attributes, schema_url or ""),
+            "SELECT resource_id FROM resources WHERE attributes = ? AND schema_url = ?", key
         ).fetchone()
         return int(row[0])
 
@@ -371,7 +475,7 @@ class TraceWriter:
         try:
             if self._conn.in_transaction:
                 self._conn.execute("ROLLBACK")
-            for statement in _CLEAR_TEMP:
+            for statement in _CLEAR:
                 self._conn.execute(statement)
         except sqlite3.Error:
             pass

@@ -1,0 +1,540 @@
+"""SQLiteSpanProcessor and SQLiteSpanExporter: the write path as the application sees it.
+
+Start rows, flush and shutdown, counters and drops, concurrency, a crash (SIGKILL), fork, unwritable
+files and configuration from the environment.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExportResult
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from otel_sqlite_exporter import ConfigurationError, SQLiteSpanExporter, SQLiteSpanProcessor
+
+LOGGER = "otel_sqlite_exporter"
+REASON = re.compile(r"cannot|unable|not a directory|read-only|readonly", re.IGNORECASE)
+
+
+def query(path: Path, sql: str, params: Sequence[object] = ()) -> list[tuple]:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute(sql, tuple(params)).fetchall()
+    finally:
+        conn.close()
+
+
+def tracer_for(processor: SQLiteSpanProcessor) -> tuple[TracerProvider, trace.Tracer]:
+    provider = TracerProvider()
+    provider.add_span_processor(processor)
+    return provider, provider.get_tracer("test_processor")
+
+
+def error_logs(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == LOGGER and r.levelno >= logging.ERROR]
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "traces.db"
+
+
+@pytest.fixture
+def unwritable(tmp_path: Path) -> Path:
+    """A path no process can create: its parent is a regular file (chmod does not stop root)."""
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a regular file")
+    return blocker / "traces.db"
+
+
+@pytest.fixture
+def processor(db: Path) -> Iterator[SQLiteSpanProcessor]:
+    p = SQLiteSpanProcessor(db)
+    yield p
+    p.shutdown()
+
+
+# --- start rows, flush, shutdown -------------------------------------------------------------------------
+
+
+def test_start_row_is_visible_before_the_span_ends(processor: SQLiteSpanProcessor, db: Path) -> None:
+    provider, tracer = tracer_for(processor)
+    span = tracer.start_span("long step", attributes={"step": 1})
+    assert processor.force_flush(10_000)
+    [(name, start, end, status)] = query(
+        db, "SELECT name, start_time_unix_nano, end_time_unix_nano, status_code FROM spans"
+    )
+    assert (name, end, status) == ("long step", None, "UNSET")
+    assert start == span.start_time  # type: ignore[attr-defined]
+    assert query(db, "SELECT status FROM traces") == [("running",)]
+    span.set_attribute("late", "value")
+    span.end()
+    assert processor.force_flush(10_000)
+    [(end, duration, attributes)] = query(
+        db, "SELECT end_time_unix_nano, duration_ms, attributes ->> '$.late' FROM spans"
+    )
+    assert end == span.end_time  # type: ignore[attr-defined]
+    assert duration == pytest.approx((span.end_time - span.start_time) / 1e6)  # type: ignore[attr-defined]
+    assert attributes == "value"
+    assert query(db, "SELECT count(*) FROM spans") == [(1,)]
+    assert query(db, "SELECT status FROM traces") == [("completed",)]
+    provider.shutdown()
+
+
+def test_span_started_and_ended_within_one_batch_is_one_row(db: Path) -> None:
+    processor = SQLiteSpanProcessor(db, schedule_delay_millis=60_000)
+    provider, tracer = tracer_for(processor)
+    with tracer.start_as_current_span("parent"):
+        for i in range(50):
+            with tracer.start_as_current_span(f"child-{i}"):
+                pass
+    assert processor.force_flush(10_000)
+    assert query(db, "SELECT count(*), count(DISTINCT span_id), count(end_time_unix_nano) FROM spans") == [
+        (51, 51, 51)
+    ]
+    assert processor.stats["batches"] >= 1
+    provider.shutdown()
+
+
+def test_force_flush_returns_true_and_makes_everything_visible(db: Path) -> None:
+    processor = SQLiteSpanProcessor(db, schedule_delay_millis=60_000)  # only a flush writes promptly
+    provider, tracer = tracer_for(processor)
+    for i in range(300):
+        with tracer.start_as_current_span(f"span-{i}"):
+            pass
+    assert processor.force_flush(10_000) is True
+    assert query(db, "SELECT count(*) FROM spans WHERE end_time_unix_nano IS NOT NULL") == [(300,)]
+    stats = processor.stats
+    assert stats["enqueued"] == stats["written"] == 600
+    assert (stats["dropped"], stats["failed"], stats["queued"], stats["errors"]) == (0, 0, 0, 0)
+    assert stats["last_error"] is None
+    provider.shutdown()
+
+
+def test_shutdown_writes_everything_queued_and_ignores_later_spans(db: Path) -> None:
+    processor = SQLiteSpanProcessor(db, schedule_delay_millis=60_000)
+    provider, tracer = tracer_for(processor)
+    for i in range(200):
+        with tracer.start_as_current_span(f"before-{i}"):
+            pass
+    open_span = tracer.start_span("still open at shutdown")
+    started = time.monotonic()
+    processor.shutdown()
+    assert time.monotonic() - started < 10  # it does not wait for the schedule delay
+    assert query(db, "SELECT count(*) FROM spans WHERE name LIKE 'before-%'") == [(200,)]
+    assert query(db, "SELECT end_time_unix_nano FROM spans WHERE name = 'still open at shutdown'") == [
+        (None,)
+    ]
+    # After shutdown: no error, nothing written, flush and a second shutdown are harmless.
+    open_span.end()
+    for i in range(10):
+        with tracer.start_as_current_span(f"after-{i}"):
+            pass
+    assert processor.force_flush(1_000)
+    processor.shutdown()
+    provider.shutdown()
+    assert query(db, "SELECT count(*) FROM spans WHERE name LIKE 'after-%'") == [(0,)]
+    assert query(db, "SELECT count(*) FROM spans") == [(201,)]
+
+
+def test_provider_shutdown_flushes_the_processor(db: Path) -> None:
+    processor = SQLiteSpanProcessor(db, schedule_delay_millis=60_000)
+    provider, tracer = tracer_for(processor)
+    with tracer.start_as_current_span("only"):
+        pass
+    provider.shutdown()
+    assert query(db, "SELECT name FROM spans WHERE end_time_unix_nano IS NOT NULL") == [("only",)]
+
+
+# --- counters and the bounded queue ----------------------------------------------------------------------
+
+
+def test_tiny_queue_drops_and_counts_without_blocking_or_raising(db: Path) -> None:
+    processor = SQLiteSpanProcessor(db, max_queue_size=10, schedule_delay_millis=600_000)
+    provider, tracer = tracer_for(processor)
+    spans = 500
+    started = time.monotonic()
+    for i in range(spans):
+        with tracer.start_as_current_span(f"burst-{i}"):
+            pass
+    elapsed = time.monotonic() - started
+    assert elapsed < 5, f"the application was blocked for {elapsed:.1f}s"
+    before = processor.stats
+    assert before["dropped"] > 0
+    assert before["queued"] <= 10
+    assert processor.force_flush(10_000)
+    stats = processor.stats
+    assert stats["queued"] == 0
+    # Every span event (start + end) is accounted for: accepted or counted as dropped.
+    assert stats["enqueued"] + stats["dropped"] == 2 * spans
+    assert stats["enqueued"] == stats["written"] + stats["failed"] + stats["queued"]
+    assert stats["failed"] == 0
+    # What was accepted is on disk.
+    stored = query(db, "SELECT count(*) FROM spans")[0][0]
+    assert 0 < stored <= stats["written"]
+    provider.shutdown()
+
+
+def test_many_threads_store_every_span_exactly_once(db: Path) -> None:
+    processor = SQLiteSpanProcessor(db)
+    provider, tracer = tracer_for(processor)
+    threads_n, per_thread = 8, 500
+    barrier = threading.Barrier(threads_n)
+    errors: list[BaseException] = []
+
+    def work(t: int) -> None:
+        try:
+            barrier.wait()
+            for i in range(per_thread):
+                with tracer.start_as_current_span(f"t{t}-{i}", attributes={"thread": t, "i": i}):
+                    pass
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(threads_n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert processor.force_flush(30_000)
+    total = threads_n * per_thread
+    assert query(
+        db,
+        "SELECT count(*), count(DISTINCT name), count(DISTINCT trace_id || span_id), "
+        "count(end_time_unix_nano) FROM spans",
+    ) == [(total, total, total, total)]
+    per = query(db, "SELECT attributes ->> '$.thread', count(*) FROM spans GROUP BY 1 ORDER BY 1")
+    assert per == [(t, per_thread) for t in range(threads_n)]
+    stats = processor.stats
+    assert stats["dropped"] == 0
+    assert stats["enqueued"] == stats["written"] == 2 * total
+    provider.shutdown()
+
+
+# --- crash and fork --------------------------------------------------------------------------------------
+
+CRASH_SCRIPT = """
+import os, signal, sys
+from opentelemetry.sdk.trace import TracerProvider
+from otel_sqlite_exporter import SQLiteSpanProcessor, session
+
+processor = SQLiteSpanProcessor(sys.argv[1])
+provider = TracerProvider()
+provider.add_span_processor(processor)
+tracer = provider.get_tracer("crash")
+with session(task="doomed"):
+    with tracer.start_as_current_span("agent run"):
+        for i in range(3):
+            with tracer.start_as_current_span(f"finished-{i}"):
+                pass
+        with tracer.start_as_current_span("llm call in flight"):
+            tracer.start_span("tool in flight").set_attribute("x", 1)
+            assert processor.force_flush(10_000)
+            print("flushed", flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_sigkill_leaves_started_spans_on_disk(db: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", CRASH_SCRIPT, str(db)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == -signal.SIGKILL, result.stderr
+    assert "flushed" in result.stdout
+    rows = dict(query(db, "SELECT name, end_time_unix_nano IS NULL FROM spans"))
+    assert rows == {
+        "agent run": 1,
+        "llm call in flight": 1,
+        "tool in flight": 1,
+        "finished-0": 0,
+        "finished-1": 0,
+        "finished-2": 0,
+    }
+    assert query(db, "PRAGMA integrity_check") == [("ok",)]
+    assert query(db, "SELECT count(DISTINCT session_id) FROM spans") == [(1,)]
+    [(task, status)] = query(db, "SELECT task, status FROM sessions")
+    assert task == "doomed"
+    assert status in ("running", "interrupted")
+    # The file stays usable: a new process writes into it.
+    processor = SQLiteSpanProcessor(db)
+    provider, tracer = tracer_for(processor)
+    with tracer.start_as_current_span("after the crash"):
+        pass
+    provider.shutdown()
+    assert query(db, "SELECT count(*) FROM spans") == [(7,)]
+    assert query(db, "PRAGMA integrity_check") == [("ok",)]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_forked_child_writes_through_its_own_connection(db: Path) -> None:
+    processor = SQLiteSpanProcessor(db, schedule_delay_millis=50)
+    provider, tracer = tracer_for(processor)
+    with tracer.start_as_current_span("parent-before-fork"):
+        pass
+    assert processor.force_flush(10_000)  # the writer thread and its connection exist before fork
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        code = 1
+        try:
+            for i in range(100):
+                with tracer.start_as_current_span(f"child-{i}"):
+                    pass
+            processor.shutdown()
+            code = 0
+        finally:
+            os._exit(code)
+    for i in range(100):
+        with tracer.start_as_current_span(f"parent-{i}"):
+            pass
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert processor.force_flush(10_000)
+    counts = dict(query(db, "SELECT substr(name, 1, instr(name, '-') - 1), count(*) FROM spans GROUP BY 1"))
+    assert counts == {"child": 100, "parent": 101}
+    assert query(db, "SELECT count(*) FROM spans WHERE end_time_unix_nano IS NULL") == [(0,)]
+    provider.shutdown()
+    assert query(db, "PRAGMA integrity_check") == [("ok",)]
+
+
+# --- SQLiteSpanExporter behind the SDK's processors --------------------------------------------------------
+
+
+def test_exporter_behind_batch_span_processor_writes_every_span(db: Path) -> None:
+    exporter = SQLiteSpanExporter(db)
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(exporter, max_queue_size=4096, max_export_batch_size=256))
+    tracer = provider.get_tracer("bsp")
+    with tracer.start_as_current_span("root"):
+        for i in range(1000):
+            with tracer.start_as_current_span(f"child-{i}"):
+                pass
+    assert provider.force_flush(30_000)
+    assert query(db, "SELECT count(*), count(DISTINCT span_id) FROM spans") == [(1001, 1001)]
+    assert exporter.stats["written"] == 1001
+    provider.shutdown()
+
+
+def test_export_is_one_transaction_and_returns_success(db: Path) -> None:
+    memory = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    tracer = provider.get_tracer("x")
+    for i in range(20):
+        with tracer.start_as_current_span(f"s{i}"):
+            pass
+    exporter = SQLiteSpanExporter(db)
+    assert exporter.export(memory.get_finished_spans()) is SpanExportResult.SUCCESS
+    assert exporter.force_flush() is True
+    assert query(db, "SELECT count(*) FROM spans") == [(20,)]
+    exporter.shutdown()
+    assert exporter.export(memory.get_finished_spans()) is SpanExportResult.FAILURE  # after shutdown
+
+
+def _finished(n: int) -> Sequence:
+    memory = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    tracer = provider.get_tracer("x")
+    for i in range(n):
+        with tracer.start_as_current_span(f"s{i}"):
+            pass
+    return memory.get_finished_spans()
+
+
+@pytest.mark.parametrize("kind", ["parent is a regular file", "read-only folder"])
+def test_exporter_reports_an_unwritable_file_once_and_returns_failure(
+    tmp_path: Path, unwritable: Path, caplog: pytest.LogCaptureFixture, kind: str
+) -> None:
+    if kind == "read-only folder":
+        if os.geteuid() == 0:
+            pytest.skip("root writes into read-only folders")
+        folder = tmp_path / "ro"
+        folder.mkdir()
+        folder.chmod(0o500)
+        path = folder / "traces.db"
+    else:
+        path = unwritable
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    exporter = SQLiteSpanExporter(path)
+    spans = _finished(3)
+    try:
+        for _ in range(4):
+            assert exporter.export(spans) is SpanExportResult.FAILURE
+    finally:
+        if kind == "read-only folder":
+            (tmp_path / "ro").chmod(0o700)
+    logged = error_logs(caplog)
+    assert len(logged) == 1, logged
+    assert str(path) in logged[0]
+    assert REASON.search(logged[0])
+    stats = exporter.stats
+    assert stats["errors"] == 4
+    assert stats["failed"] == 12
+    assert stats["written"] == 0
+    assert stats["last_error"] and REASON.search(stats["last_error"])
+    assert not path.exists()
+    exporter.shutdown()
+
+
+def test_exporter_behind_batch_processor_with_unwritable_file_lets_the_app_continue(
+    unwritable: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    exporter = SQLiteSpanExporter(unwritable)
+    provider = TracerProvider()
+    provider.add_span_processor(
+        BatchSpanProcessor(exporter, max_export_batch_size=10, schedule_delay_millis=10)
+    )
+    tracer = provider.get_tracer("x")
+    for round_ in range(3):
+        for i in range(25):
+            with tracer.start_as_current_span(f"r{round_}-{i}"):
+                pass
+        provider.force_flush(10_000)
+    provider.shutdown()
+    logged = error_logs(caplog)
+    assert len(logged) == 1, logged
+    assert str(unwritable) in logged[0]
+    assert exporter.stats["failed"] == 75
+    assert exporter.stats["errors"] >= 3
+
+
+def test_processor_with_unwritable_file_lets_the_app_continue(
+    unwritable: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    processor = SQLiteSpanProcessor(unwritable, schedule_delay_millis=10)
+    provider, tracer = tracer_for(processor)
+    for round_ in range(3):
+        for i in range(20):
+            with tracer.start_as_current_span(f"r{round_}-{i}"):
+                pass
+        processor.force_flush(10_000)
+    stats = processor.stats
+    assert stats["errors"] > 0
+    assert stats["written"] == 0
+    assert stats["last_error"] and REASON.search(stats["last_error"])
+    assert str(unwritable) in stats["last_error"]
+    assert stats["enqueued"] == stats["written"] + stats["failed"] + stats["queued"]
+    assert stats["failed"] == 120
+    provider.shutdown()
+    logged = error_logs(caplog)
+    assert len(logged) == 1, logged
+    assert str(unwritable) in logged[0]
+
+
+# --- configuration ----------------------------------------------------------------------------------------
+
+
+def _export_one(exporter: SQLiteSpanExporter, text: str = "hello") -> None:
+    memory = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    with provider.get_tracer("x").start_as_current_span("configured", attributes={"input.value": text}):
+        pass
+    assert exporter.export(memory.get_finished_spans()) is SpanExportResult.SUCCESS
+    exporter.shutdown()
+
+
+def test_exporter_without_arguments_uses_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "from-env" / "traces.db"
+    monkeypatch.setenv("OTEL_EXPORTER_SQLITE_PATH", str(path))
+    monkeypatch.setenv("OTEL_EXPORTER_SQLITE_MAX_CONTENT_LENGTH", "5")
+    _export_one(SQLiteSpanExporter(), "abcdefghij")
+    assert query(path, "SELECT name, input_text FROM spans") == [("configured", "abcde")]
+
+
+def test_exporter_default_path_is_traces_db_in_the_working_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OTEL_EXPORTER_SQLITE_PATH", raising=False)
+    monkeypatch.chdir(tmp_path)
+    _export_one(SQLiteSpanExporter())
+    assert query(tmp_path / "traces.db", "SELECT name FROM spans") == [("configured",)]
+
+
+def test_capture_content_false_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "t.db"
+    monkeypatch.setenv("OTEL_EXPORTER_SQLITE_CAPTURE_CONTENT", "false")
+    _export_one(SQLiteSpanExporter(path), "secret prompt")
+    [(text, attributes)] = query(path, "SELECT input_text, attributes FROM spans")
+    assert text is None
+    assert "secret prompt" not in (attributes or "")
+
+
+def test_explicit_arguments_win_over_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    env_path = tmp_path / "env.db"
+    arg_path = tmp_path / "arg.db"
+    monkeypatch.setenv("OTEL_EXPORTER_SQLITE_PATH", str(env_path))
+    monkeypatch.setenv("OTEL_EXPORTER_SQLITE_MAX_CONTENT_LENGTH", "3")
+    monkeypatch.setenv("OTEL_EXPORTER_SQLITE_CAPTURE_CONTENT", "false")
+    _export_one(SQLiteSpanExporter(arg_path, max_content_length=8, capture_content=True), "0123456789")
+    assert not env_path.exists()
+    assert query(arg_path, "SELECT input_text FROM spans") == [("01234567",)]
+
+
+def test_processor_takes_its_path_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "proc-env.db"
+    monkeypatch.setenv("OTEL_EXPORTER_SQLITE_PATH", str(path))
+    processor = SQLiteSpanProcessor()
+    provider, tracer = tracer_for(processor)
+    with tracer.start_as_current_span("env"):
+        pass
+    provider.shutdown()
+    assert query(path, "SELECT name FROM spans") == [("env",)]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("OTEL_EXPORTER_SQLITE_MAX_CONTENT_LENGTH", "abc"),
+        ("OTEL_EXPORTER_SQLITE_MAX_CONTENT_LENGTH", "-1"),
+        ("OTEL_EXPORTER_SQLITE_CAPTURE_CONTENT", "maybe"),
+        ("OTEL_EXPORTER_SQLITE_RETENTION_DAYS", "a week"),
+    ],
+)
+@pytest.mark.parametrize("cls", [SQLiteSpanExporter, SQLiteSpanProcessor])
+def test_bad_environment_value_names_the_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variable: str, value: str, cls: type
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_SQLITE_PATH", str(tmp_path / "t.db"))
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigurationError, match=variable):
+        cls()
+    assert issubclass(ConfigurationError, ValueError)
+
+
+@pytest.mark.parametrize(
+    ("options", "name"),
+    [
+        ({"colour": "blue"}, "colour"),
+        ({"max_content_length": -1}, "max_content_length"),
+        ({"max_content_length": "lots"}, "max_content_length"),
+        ({"capture_content": "maybe"}, "capture_content"),
+        ({"max_queue_size": 0}, "max_queue_size"),
+    ],
+)
+@pytest.mark.parametrize("cls", [SQLiteSpanExporter, SQLiteSpanProcessor])
+def test_bad_option_names_the_option(tmp_path: Path, options: dict, name: str, cls: type) -> None:
+    with pytest.raises(ConfigurationError, match=name):
+        cls(tmp_path / "t.db", **options)

@@ -1,0 +1,461 @@
+"""The SQLite trace schema v1: tables, views, indexes, full-text search, file safety and migrations.
+
+Everything goes through the real SDK and real SQLite files; the file is then read with plain ``sqlite3``
+as any user or tool (Datasette, the ``sqlite3`` shell) would read it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import sqlite3
+import stat
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+
+import otel_sqlite_exporter
+from otel_sqlite_exporter import NotATraceFileError, SchemaVersionError, SQLiteSpanProcessor, TraceFileError
+from otel_sqlite_exporter._schema import connect
+
+ISO_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
+
+SESSION_VIEW_COLUMNS = [
+    "id",
+    "task",
+    "started_at",
+    "completed_at",
+    "status",
+    "total_events",
+    "total_tokens",
+    "total_cost_usd",
+]
+TRACE_VIEW_COLUMNS = [
+    "id",
+    "session_id",
+    "type",
+    "timestamp",
+    "duration_ms",
+    "parent_trace_id",
+    "data",
+    "input_tokens",
+    "output_tokens",
+    "model_used",
+    "provider_used",
+    "cost_usd",
+    "raw_input",
+    "raw_output",
+    "created_at",
+]
+
+
+# --- helpers ----------------------------------------------------------------------------------------------
+
+
+def write_trace(path: Path, *, name: str = "root", child: str = "child", **attributes: object) -> None:
+    """One trace (a root with one child) written through SQLiteSpanProcessor, then the file is closed."""
+    processor = SQLiteSpanProcessor(path)
+    provider = TracerProvider()
+    provider.add_span_processor(processor)
+    tracer = provider.get_tracer("test_schema")
+    try:
+        with tracer.start_as_current_span(name), tracer.start_as_current_span(child, attributes=attributes):
+            pass
+        assert processor.force_flush(10_000)
+    finally:
+        provider.shutdown()
+
+
+def query(path: Path, sql: str, params: tuple[object, ...] = ()) -> list[tuple]:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def index_columns(conn: sqlite3.Connection, table: str) -> list[tuple[bool, list[str]]]:
+    """(unique, columns) of every index on ``table``, including UNIQUE constraints."""
+    out = []
+    for _seq, name, unique, *_rest in conn.execute(f"PRAGMA index_list('{table}')").fetchall():
+        cols = [row[2] for row in conn.execute(f"PRAGMA index_info('{name}')").fetchall()]
+        out.append((bool(unique), cols))
+    return out
+
+
+def iso_to_ns(text: str) -> int:
+    parsed = datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
+    return int(parsed.timestamp() * 1000) * 1_000_000
+
+
+@pytest.fixture
+def trace_file(tmp_path: Path) -> Iterator[Path]:
+    path = tmp_path / "traces.db"
+    write_trace(
+        path,
+        name="plan the trip",
+        child="chat gpt-4o-mini",
+        **{
+            "gen_ai.operation.name": "chat",
+            "gen_ai.request.model": "gpt-4o-mini",
+            "gen_ai.usage.input_tokens": 12,
+            "gen_ai.usage.output_tokens": 5,
+            "input.value": "which volcano erupted loudest",
+        },
+    )
+    yield path
+
+
+# --- tables, views, indexes -------------------------------------------------------------------------------
+
+
+def test_new_file_has_every_table(trace_file: Path) -> None:
+    names = {row[0] for row in query(trace_file, "SELECT name FROM sqlite_master WHERE type = 'table'")}
+    for table in ("sessions", "traces", "spans", "settings", "resources", "schema_migrations"):
+        assert table in names
+    assert query(trace_file, "SELECT count(*) FROM spans") == [(2,)]
+    assert query(trace_file, "SELECT value FROM settings WHERE key = 'retention_days'") == [("30",)]
+
+
+def test_table_columns_follow_the_design(trace_file: Path) -> None:
+    conn = sqlite3.connect(trace_file)
+    try:
+
+        def columns(table: str) -> set[str]:
+            return {row[1] for row in conn.execute(f"PRAGMA table_info('{table}')")}
+
+        rollups = {
+            "span_count",
+            "error_count",
+            "input_tokens",
+            "output_tokens",
+            "cache_read_tokens",
+            "cache_write_tokens",
+            "reasoning_tokens",
+            "cost_usd",
+        }
+        assert {
+            "session_id",
+            "task",
+            "status",
+            "start_time_unix_nano",
+            "end_time_unix_nano",
+            "user_id",
+            "service_name",
+            *rollups,
+        } <= columns("sessions")
+        assert {
+            "trace_id",
+            "session_id",
+            "root_span_name",
+            "start_time_unix_nano",
+            "end_time_unix_nano",
+            "status",
+            *rollups,
+        } <= columns("traces")
+        assert {
+            "trace_id",
+            "span_id",
+            "parent_span_id",
+            "session_id",
+            "name",
+            "kind",
+            "type",
+            "start_time_unix_nano",
+            "end_time_unix_nano",
+            "duration_ms",
+            "status_code",
+            "status_message",
+            "model",
+            "provider",
+            "operation",
+            "input_tokens",
+            "output_tokens",
+            "cache_read_tokens",
+            "cache_write_tokens",
+            "reasoning_tokens",
+            "cost_usd",
+            "input_text",
+            "output_text",
+            "attributes",
+            "events",
+            "links",
+            "resource_id",
+            "scope_name",
+            "scope_version",
+        } <= columns("spans")
+        assert {"key", "value"} <= columns("settings")
+        assert {"version", "name", "applied_at"} <= columns("schema_migrations")
+    finally:
+        conn.close()
+
+
+def test_views_have_exactly_the_design_columns(trace_file: Path) -> None:
+    conn = sqlite3.connect(trace_file)
+    try:
+        views = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'view'")}
+        assert {"agent_trace_sessions", "agent_traces"} <= views
+        assert [
+            r[1] for r in conn.execute("PRAGMA table_info('agent_trace_sessions')")
+        ] == SESSION_VIEW_COLUMNS
+        assert [r[1] for r in conn.execute("PRAGMA table_info('agent_traces')")] == TRACE_VIEW_COLUMNS
+    finally:
+        conn.close()
+
+
+def test_agent_traces_view_timestamps_are_iso_utc_of_the_span_times(trace_file: Path) -> None:
+    rows = query(
+        trace_file,
+        """SELECT v.id, v.timestamp, v.created_at, s.start_time_unix_nano, v.session_id, s.session_id,
+                  v.parent_trace_id, s.parent_span_id, v.input_tokens, v.model_used, v.raw_input, v.type
+           FROM agent_traces v JOIN spans s ON s.span_id = v.id""",
+    )
+    assert len(rows) == 2
+    for span_id, timestamp, created_at, start_ns, v_session, s_session, v_parent, s_parent, *_ in rows:
+        assert re.fullmatch(r"[0-9a-f]{16}", span_id)
+        assert ISO_UTC.match(timestamp), timestamp
+        assert ISO_UTC.match(created_at), created_at
+        assert abs(iso_to_ns(timestamp) - start_ns) <= 1_000_000  # millisecond text of the same instant
+        assert v_session == s_session
+        assert v_parent == s_parent
+    llm = [r for r in rows if r[8] is not None]
+    assert len(llm) == 1
+    assert llm[0][8:] == (12, "gpt-4o-mini", "which volcano erupted loudest", "llm")
+
+
+def test_agent_trace_sessions_view_timestamps_and_totals(trace_file: Path) -> None:
+    [(sid, started, completed, status, events, tokens)] = query(
+        trace_file,
+        "SELECT id, started_at, completed_at, status, total_events, total_tokens FROM agent_trace_sessions",
+    )
+    [(start_ns, end_ns, trace_id)] = query(
+        trace_file, "SELECT start_time_unix_nano, end_time_unix_nano, session_id FROM sessions"
+    )
+    assert sid == trace_id
+    assert ISO_UTC.match(started) and ISO_UTC.match(completed)
+    assert abs(iso_to_ns(started) - start_ns) <= 1_000_000
+    assert abs(iso_to_ns(completed) - end_ns) <= 1_000_000
+    assert status == "completed"
+    assert events == 2
+    assert tokens == 17
+
+
+def test_indexes_serve_the_common_queries(trace_file: Path) -> None:
+    conn = sqlite3.connect(trace_file)
+    try:
+        spans = index_columns(conn, "spans")
+        firsts = {cols[0] for _unique, cols in spans}
+        assert "session_id" in firsts
+        assert "start_time_unix_nano" in firsts
+        assert "model" in firsts
+        assert any(cols[:2] == ["type", "name"] for _unique, cols in spans)
+        assert (True, ["trace_id", "span_id"]) in spans
+        sessions = index_columns(conn, "sessions")
+        assert any(cols[0] == "start_time_unix_nano" for _unique, cols in sessions)
+        # The queries use them (not a full scan).
+        plan = " ".join(
+            str(r[3])
+            for r in conn.execute("EXPLAIN QUERY PLAN SELECT * FROM spans WHERE session_id = 'x'").fetchall()
+        )
+        assert "USING INDEX" in plan
+    finally:
+        conn.close()
+
+
+def test_unique_trace_and_span_id_is_enforced(trace_file: Path) -> None:
+    conn = sqlite3.connect(trace_file)
+    try:
+        row = conn.execute("SELECT trace_id, span_id FROM spans LIMIT 1").fetchone()
+        with pytest.raises(sqlite3.IntegrityError):
+            conn.execute(
+                "INSERT INTO spans (trace_id, span_id, session_id, name, kind, type, start_time_unix_nano) "
+                "VALUES (?, ?, 's', 'dup', 'internal', 'span', 1)",
+                row,
+            )
+    finally:
+        conn.close()
+
+
+def test_full_text_search_finds_a_span_by_name_and_by_input_text(trace_file: Path) -> None:
+    sql = "SELECT s.name FROM spans_fts f JOIN spans s ON s.id = f.rowid WHERE spans_fts MATCH ?"
+    assert query(trace_file, sql, ("trip",)) == [("plan the trip",)]
+    assert query(trace_file, sql, ("volcano",)) == [("chat gpt-4o-mini",)]
+    assert query(trace_file, sql, ("input_text:loudest",)) == [("chat gpt-4o-mini",)]
+    assert query(trace_file, sql, ("nonexistentword",)) == []
+
+
+def test_full_text_index_follows_a_completed_start_row(tmp_path: Path) -> None:
+    """A start row has no text yet; the text set before end must become searchable."""
+    path = tmp_path / "t.db"
+    processor = SQLiteSpanProcessor(path)
+    provider = TracerProvider()
+    provider.add_span_processor(processor)
+    tracer = provider.get_tracer("t")
+    try:
+        span = tracer.start_span("open step")
+        assert processor.force_flush(10_000)
+        span.set_attribute("input.value", "platypus question")
+        span.end()
+        assert processor.force_flush(10_000)
+    finally:
+        provider.shutdown()
+    sql = "SELECT s.name FROM spans_fts f JOIN spans s ON s.id = f.rowid WHERE spans_fts MATCH ?"
+    assert query(path, sql, ("platypus",)) == [("open step",)]
+    assert query(path, "INSERT INTO spans_fts (spans_fts) VALUES ('integrity-check')") == []
+
+
+def test_wal_journal_and_user_version(trace_file: Path) -> None:
+    assert query(trace_file, "PRAGMA journal_mode") == [("wal",)]
+    assert query(trace_file, "PRAGMA user_version") == [(otel_sqlite_exporter.SCHEMA_VERSION,)]
+    assert otel_sqlite_exporter.SCHEMA_VERSION >= 1
+    versions = [row[0] for row in query(trace_file, "SELECT version FROM schema_migrations ORDER BY version")]
+    assert versions == list(range(1, otel_sqlite_exporter.SCHEMA_VERSION + 1))
+
+
+# --- file safety ------------------------------------------------------------------------------------------
+
+
+def test_file_and_wal_are_owner_only(tmp_path: Path) -> None:
+    path = tmp_path / "secret.db"
+    old_umask = os.umask(0o022)
+    processor = SQLiteSpanProcessor(path)
+    provider = TracerProvider()
+    provider.add_span_processor(processor)
+    try:
+        with provider.get_tracer("t").start_as_current_span("prompt"):
+            pass
+        assert processor.force_flush(10_000)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        wal = Path(f"{path}-wal")
+        assert wal.exists(), "the writer keeps the WAL open while it runs"
+        assert stat.S_IMODE(wal.stat().st_mode) == 0o600
+    finally:
+        os.umask(old_umask)
+        provider.shutdown()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_missing_parent_folders_are_created(tmp_path: Path) -> None:
+    path = tmp_path / "does" / "not" / "exist" / "traces.db"
+    write_trace(path)
+    assert query(path, "SELECT count(*) FROM spans") == [(2,)]
+
+
+def test_empty_file_is_initialised(tmp_path: Path) -> None:
+    path = tmp_path / "empty.db"
+    path.write_bytes(b"")
+    conn = connect(str(path))
+    conn.close()
+    assert query(path, "PRAGMA user_version") == [(otel_sqlite_exporter.SCHEMA_VERSION,)]
+    write_trace(path)
+    assert query(path, "SELECT count(*) FROM spans") == [(2,)]
+
+
+# --- migrations -------------------------------------------------------------------------------------------
+
+
+def test_reopening_an_existing_file_keeps_rows_and_migrates_idempotently(tmp_path: Path) -> None:
+    path = tmp_path / "t.db"
+    write_trace(path, name="first")
+    first = query(path, "SELECT version, name, applied_at FROM schema_migrations ORDER BY version")
+    write_trace(path, name="second")
+    write_trace(path, name="third")
+    names = sorted(row[0] for row in query(path, "SELECT name FROM spans WHERE parent_span_id IS NULL"))
+    assert names == ["first", "second", "third"]
+    assert query(path, "SELECT count(*) FROM spans") == [(6,)]
+    assert query(path, "SELECT count(*) FROM traces") == [(3,)]
+    counts = query(path, "SELECT version, count(*) FROM schema_migrations GROUP BY version ORDER BY version")
+    assert counts == [(v, 1) for v in range(1, otel_sqlite_exporter.SCHEMA_VERSION + 1)]
+    # Re-opening did not re-run (or re-date) anything.
+    assert query(path, "SELECT version, name, applied_at FROM schema_migrations ORDER BY version") == first
+    assert query(path, "PRAGMA user_version") == [(otel_sqlite_exporter.SCHEMA_VERSION,)]
+    assert query(path, "SELECT count(*) FROM settings WHERE key = 'retention_days'") == [(1,)]
+
+
+def test_connect_twice_is_idempotent(tmp_path: Path) -> None:
+    path = tmp_path / "t.db"
+    for _ in range(3):
+        connect(str(path)).close()
+    assert query(path, "SELECT count(*) FROM schema_migrations") == [(otel_sqlite_exporter.SCHEMA_VERSION,)]
+
+
+@pytest.fixture
+def newer_file(tmp_path: Path) -> Path:
+    path = tmp_path / "future.db"
+    write_trace(path)
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA user_version = 99")
+    conn.close()
+    assert not Path(f"{path}-wal").exists()
+    return path
+
+
+def test_newer_schema_is_refused_untouched(newer_file: Path) -> None:
+    before = sha256(newer_file)
+    with pytest.raises(SchemaVersionError) as info:
+        connect(str(newer_file))
+    assert str(newer_file) in str(info.value)
+    assert "99" in str(info.value)
+    assert isinstance(info.value, TraceFileError)
+    assert isinstance(info.value, otel_sqlite_exporter.OtelSQLiteError)
+    assert sha256(newer_file) == before
+    assert query(newer_file, "PRAGMA user_version") == [(99,)]
+
+
+def test_newer_schema_with_the_processor_logs_and_leaves_the_file(
+    newer_file: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    before = sha256(newer_file)
+    caplog.set_level("ERROR", logger="otel_sqlite_exporter")
+    processor = SQLiteSpanProcessor(newer_file, schedule_delay_millis=10)
+    provider = TracerProvider()
+    provider.add_span_processor(processor)
+    try:
+        with provider.get_tracer("t").start_as_current_span("goes nowhere"):
+            pass
+        processor.force_flush(10_000)
+        stats = processor.stats
+        assert stats["errors"] > 0
+        assert "newer" in stats["last_error"]
+    finally:
+        provider.shutdown()
+    assert sha256(newer_file) == before
+    messages = [r.getMessage() for r in caplog.records if r.name == "otel_sqlite_exporter"]
+    assert len(messages) == 1
+    assert str(newer_file) in messages[0]
+
+
+def test_text_file_is_refused_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "notes.db"
+    path.write_bytes(b"these are my notes, not a database\n" * 10)
+    before = sha256(path)
+    with pytest.raises(NotATraceFileError) as info:
+        connect(str(path))
+    assert str(path) in str(info.value)
+    assert sha256(path) == before
+
+
+@pytest.mark.parametrize("user_version", [0, 7])
+def test_other_applications_database_is_refused_untouched(tmp_path: Path, user_version: int) -> None:
+    path = tmp_path / "app.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT)")
+    conn.execute("INSERT INTO customers (name) VALUES ('ada')")
+    conn.execute(f"PRAGMA user_version = {user_version}")
+    conn.commit()
+    conn.close()
+    before = sha256(path)
+    with pytest.raises(NotATraceFileError) as info:
+        connect(str(path))
+    assert str(path) in str(info.value)
+    assert sha256(path) == before
+    assert query(path, "PRAGMA journal_mode") == [("delete",)]
+    assert query(path, "SELECT name FROM customers") == [("ada",)]
