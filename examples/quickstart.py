@@ -72,9 +72,17 @@ def run_agent(client: openai.OpenAI, task: str) -> str:
         call = reply.choices[0].message.tool_calls[0]
         messages.append(reply.choices[0].message.model_dump(exclude_none=True))
 
-        tool_attributes = {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": call.function.name}
-        with tracer.start_as_current_span(f"execute_tool {call.function.name}", attributes=tool_attributes):
+        tool_attributes = {
+            "gen_ai.operation.name": "execute_tool",
+            "gen_ai.tool.name": call.function.name,
+            "gen_ai.tool.call.id": call.id,
+            "gen_ai.tool.call.arguments": call.function.arguments,
+        }
+        with tracer.start_as_current_span(
+            f"execute_tool {call.function.name}", attributes=tool_attributes
+        ) as span:
             result = get_weather(**json.loads(call.function.arguments))
+            span.set_attribute("gen_ai.tool.call.result", result)
         messages.append({"role": "tool", "tool_call_id": call.id, "content": result})
 
         final = client.chat.completions.create(model=MODEL, messages=messages, tools=TOOLS)

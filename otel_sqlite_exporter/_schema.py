@@ -55,8 +55,9 @@ _V1 = Migration(
         f"""CREATE TABLE traces (
             trace_id TEXT PRIMARY KEY,
             session_id TEXT NOT NULL,
-            -- 0 while the session is the trace's own id, because no span named one yet.
-            session_explicit INTEGER NOT NULL DEFAULT 0,
+            -- Which span named the session: 0 for the root, else that span's start time (lower
+            -- wins, in any arrival order); NULL while the session is the trace's own id.
+            session_rank INTEGER,
             root_span_id TEXT,
             root_span_name TEXT,
             start_time_unix_nano INTEGER,

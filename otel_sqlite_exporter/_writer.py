@@ -60,7 +60,8 @@ _SCRATCH = (
         {", ".join(_SLOTS)})""",
     "CREATE INDEX temp.staged_spans_by_key ON staged_spans (trace_id, span_id)",
     """CREATE TEMP TABLE staged_traces (
-        trace_id TEXT PRIMARY KEY, explicit_session TEXT, service_name TEXT, user_id TEXT)""",
+        trace_id TEXT PRIMARY KEY, explicit_session TEXT, session_rank INTEGER,
+        service_name TEXT, user_id TEXT)""",
     "CREATE TEMP TABLE moved_traces (trace_id TEXT PRIMARY KEY, old_session_id TEXT)",
     "CREATE TEMP TABLE touched_sessions (session_id TEXT PRIMARY KEY)",
     "CREATE TEMP TABLE ancestors (trace_id, span_id, PRIMARY KEY (trace_id, span_id))",
@@ -183,26 +184,32 @@ _SPAN_DATA = {
 }
 _STORE_TRIGGER = f"""
 CREATE TEMP TRIGGER store_batch INSTEAD OF INSERT ON store_batch BEGIN
-    -- A trace's session: its root's explicit session, else the earliest explicit one, else its own id.
-    INSERT INTO staged_traces (trace_id, explicit_session, service_name, user_id)
-    SELECT s.trace_id,
-           (SELECT e.explicit_session FROM staged_spans AS e
-             WHERE e.trace_id = s.trace_id AND e.explicit_session IS NOT NULL
-             ORDER BY e.flags & 1 DESC, e.start_time_unix_nano LIMIT 1),
-           max(r.service_name), max(s.user_id)
-    FROM staged_spans AS s LEFT JOIN resources AS r ON r.resource_id = s.resource_id
+    -- A trace's session: its root's explicit session, else the earliest-starting span's, else its
+    -- own id. The rank of the span that named it is kept, so the choice holds in any arrival order.
+    INSERT INTO staged_traces (trace_id, explicit_session, session_rank, service_name, user_id)
+    SELECT s.trace_id, b.explicit_session, b.session_rank, max(r.service_name), max(s.user_id)
+    FROM staged_spans AS s
+    LEFT JOIN resources AS r ON r.resource_id = s.resource_id
+    LEFT JOIN (
+        SELECT trace_id, explicit_session,
+               min(CASE WHEN flags & 1 THEN 0 ELSE start_time_unix_nano END) AS session_rank
+        FROM staged_spans WHERE explicit_session IS NOT NULL GROUP BY trace_id
+    ) AS b ON b.trace_id = s.trace_id
     GROUP BY s.trace_id;
     INSERT INTO moved_traces (trace_id, old_session_id)
     SELECT t.trace_id, t.session_id FROM staged_traces AS st JOIN traces AS t ON t.trace_id = st.trace_id
-    WHERE t.session_explicit = 0 AND st.explicit_session IS NOT NULL;
-    INSERT INTO traces (trace_id, session_id, session_explicit, service_name)
-    SELECT trace_id, coalesce(explicit_session, trace_id), explicit_session IS NOT NULL, service_name
+    WHERE st.explicit_session IS NOT NULL AND st.explicit_session != t.session_id
+      AND (t.session_rank IS NULL OR st.session_rank < t.session_rank);
+    INSERT INTO traces (trace_id, session_id, session_rank, service_name)
+    SELECT trace_id, coalesce(explicit_session, trace_id), session_rank, service_name
     FROM staged_traces WHERE true
-    ON CONFLICT (trace_id) DO UPDATE SET session_id = excluded.session_id, session_explicit = 1
-    WHERE traces.session_explicit = 0 AND excluded.session_explicit = 1;
+    ON CONFLICT (trace_id) DO UPDATE SET
+        session_id = excluded.session_id, session_rank = excluded.session_rank
+    WHERE excluded.session_rank IS NOT NULL
+      AND (traces.session_rank IS NULL OR excluded.session_rank < traces.session_rank);
     UPDATE spans SET session_id = (SELECT t.session_id FROM traces AS t WHERE t.trace_id = spans.trace_id)
     WHERE trace_id IN (SELECT trace_id FROM moved_traces);
-    -- A trace that was its own session until a span named the real one leaves no empty session behind.
+    -- A session a trace moved out of is removed when nothing else is in it and no block opened it.
     DELETE FROM sessions
     WHERE session_id IN (SELECT old_session_id FROM moved_traces) AND managed = 0
       AND NOT EXISTS (SELECT 1 FROM traces AS t WHERE t.session_id = sessions.session_id);

@@ -536,6 +536,57 @@ def test_session_on_a_child_only_still_groups_the_whole_trace(tmp_path: Path) ->
     assert query(path, "SELECT session_id, span_count FROM sessions") == [("lf-1", 3)]
 
 
+def _competing_sessions(root_session: bool) -> dict[str, ReadableSpan]:
+    """root (session ROOT, or none) -> early (session EARLY) then late (session LATE)."""
+
+    def build(tracer: trace.Tracer) -> None:
+        attrs = {"gen_ai.conversation.id": "ROOT"} if root_session else {}
+        with tracer.start_as_current_span("root", attributes=attrs):
+            with tracer.start_as_current_span("early", attributes={"session.id": "EARLY"}):
+                pass
+            with tracer.start_as_current_span("late", attributes={"session.id": "LATE"}):
+                pass
+
+    return {s.name: s for s in finished_spans(build)}
+
+
+def _export_in_order(path: Path, spans: dict[str, ReadableSpan], order: Sequence[str]) -> None:
+    exporter = SQLiteSpanExporter(path)
+    for name in order:
+        assert exporter.export([spans[name]]) is SpanExportResult.SUCCESS
+    exporter.shutdown()
+
+
+@pytest.mark.parametrize(
+    "order",
+    [
+        pytest.param(["root", "early", "late"], id="root first"),
+        pytest.param(["early", "late", "root"], id="children first"),
+    ],
+)
+def test_the_roots_explicit_session_wins_in_any_arrival_order(tmp_path: Path, order: list[str]) -> None:
+    """DESIGN: a trace's session is the explicit session of its root span (children end first)."""
+    path = tmp_path / "t.db"
+    _export_in_order(path, _competing_sessions(root_session=True), order)
+    assert query(path, "SELECT DISTINCT session_id FROM spans") == [("ROOT",)]
+    assert query(path, "SELECT session_id, span_count FROM sessions WHERE span_count > 0") == [("ROOT", 3)]
+
+
+@pytest.mark.parametrize(
+    "order",
+    [
+        pytest.param(["early", "late", "root"], id="earliest first"),
+        pytest.param(["late", "early", "root"], id="latest first"),
+    ],
+)
+def test_without_a_root_session_the_earliest_explicit_session_wins(tmp_path: Path, order: list[str]) -> None:
+    """DESIGN: else the earliest explicit session on any of the trace's spans (by start time)."""
+    path = tmp_path / "t.db"
+    _export_in_order(path, _competing_sessions(root_session=False), order)
+    assert query(path, "SELECT DISTINCT session_id FROM spans") == [("EARLY",)]
+    assert query(path, "SELECT session_id, span_count FROM sessions WHERE span_count > 0") == [("EARLY", 3)]
+
+
 # --- rollups --------------------------------------------------------------------------------------------
 
 
