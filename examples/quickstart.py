@@ -128,9 +128,7 @@ def main() -> None:
     args = parser.parse_args()
     path = args.db_option or args.db or "traces.db"
 
-    # openai-v2 reads this when it is activated by configure(); SPAN_ONLY keeps prompts and
-    # answers on the span itself, so they land in the spans table (input_text / output_text).
-    os.environ.setdefault("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "SPAN_ONLY")
+    # configure() also asks the GenAI instrumentations to record prompts and answers on the spans.
     provider = configure(path, service_name="quickstart-agent")
 
     task = "Plan a trip to Paris"

@@ -41,7 +41,7 @@ class Options:
     #: Spans waiting for the writer (start and end each take one place); beyond it spans are dropped.
     max_queue_size: int = 131_072
     #: The most spans written in one transaction.
-    max_batch_size: int = 8192
+    max_batch_size: int = 16_384
     #: How long the writer waits for more spans before committing what it has.
     schedule_delay_millis: int = 200
     #: How long a write waits for another process's transaction before it counts as failed.
@@ -72,7 +72,7 @@ class Options:
         )
         values["capture_content"] = _pick(given, env, "capture_content", ENV_CAPTURE_CONTENT, _bool, True)
         values["max_queue_size"] = _pick(given, env, "max_queue_size", ENV_MAX_QUEUE_SIZE, _int(2), 131_072)
-        values["max_batch_size"] = _pick(given, env, "max_batch_size", ENV_MAX_BATCH_SIZE, _int(1), 8192)
+        values["max_batch_size"] = _pick(given, env, "max_batch_size", ENV_MAX_BATCH_SIZE, _int(1), 16_384)
         values["schedule_delay_millis"] = _pick(
             given, env, "schedule_delay_millis", ENV_SCHEDULE_DELAY, _int(1), 200
         )

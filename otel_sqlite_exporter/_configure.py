@@ -37,6 +37,8 @@ DEFAULT_PREFERENCE = (
     "openinference-instrumentation-",
 )
 
+CAPTURE_MESSAGES_ENV = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
+
 _lock = threading.Lock()
 _configured: tuple[TracerProvider, SQLiteSpanProcessor] | None = None
 
@@ -79,8 +81,15 @@ def configure(
         provider.add_span_processor(processor)
         _configured = (provider, processor)
     if instrument:
+        if processor.options.capture_content:
+            # OpenTelemetry's GenAI instrumentations record no prompts unless asked; the user's
+            # own setting, if any, stands.
+            os.environ.setdefault(CAPTURE_MESSAGES_ENV, "SPAN_ONLY")
         preference = tuple(instrument) if not isinstance(instrument, bool) else ()
-        instrument_genai(provider, preference=(*preference, *DEFAULT_PREFERENCE))
+        activated = instrument_genai(provider, preference=(*preference, *DEFAULT_PREFERENCE))
+        logger.info(
+            "otel-sqlite-exporter: GenAI instrumentation by %s", ", ".join(activated) or "none installed"
+        )
     return provider
 
 

@@ -87,7 +87,7 @@ def extract_text(
             flat.get("gen_ai.prompt.")
         )
         if text_in is None:
-            text_in = _plain(attrs.get("gen_ai.prompt"))
+            text_in = _plain(attrs.get("gen_ai.prompt")) or _plain(attrs.get("gen_ai.tool.call.arguments"))
     text_out = _messages_text(attrs.get("gen_ai.output.messages"), None)
     if text_out is None:
         text_out = _plain(attrs.get("output.value")) or _plain(attrs.get("traceloop.entity.output"))
@@ -98,7 +98,7 @@ def extract_text(
             flat.get("gen_ai.completion."), default_role="assistant"
         )
         if text_out is None:
-            text_out = _plain(attrs.get("gen_ai.completion"))
+            text_out = _plain(attrs.get("gen_ai.completion")) or _plain(attrs.get("gen_ai.tool.call.result"))
     if (text_in is None or text_out is None) and events:
         ev_in, ev_out = _events_text(events)
         text_in = text_in if text_in is not None else ev_in

@@ -19,6 +19,7 @@ from typing import Any
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
+from otel_sqlite_exporter import _session
 from otel_sqlite_exporter._config import Options
 from otel_sqlite_exporter._health import WriteHealth, abandon
 from otel_sqlite_exporter._session import (
@@ -74,7 +75,7 @@ class SQLiteSpanProcessor(SpanProcessor):
     # -- the application thread: enqueue and return ----------------------------------------------
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
-        active = current_session(parent_context)
+        active = current_session(parent_context) if _session.any_open() else None
         if active is not None:
             attrs = span.attributes
             if attrs is None or SESSION_ATTRIBUTE not in attrs:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import threading
 import time
 import uuid
 import weakref
@@ -30,6 +31,13 @@ class SessionListener(Protocol):
 
 # Processors that record session blocks; weak so an abandoned processor is not kept alive.
 _listeners: weakref.WeakSet[Any] = weakref.WeakSet()
+# Blocks open in any thread or task: while there are none, span starts skip the context lookup.
+_open_blocks = 0
+_open_lock = threading.Lock()
+
+
+def any_open() -> bool:
+    return _open_blocks > 0
 
 
 def add_listener(listener: SessionListener) -> None:
@@ -69,6 +77,9 @@ class session:  # noqa: N801 - a context manager used like a function, as contex
         return f"session({self.session_id!r}, task={self.task!r}, user_id={self.user_id!r})"
 
     def __enter__(self) -> session:
+        global _open_blocks
+        with _open_lock:
+            _open_blocks += 1
         self._tokens.append(otel_context.attach(otel_context.set_value(_CONTEXT_KEY, self)))
         self._emit(
             SessionEvent("open", self.session_id, time.time_ns(), task=self.task, user_id=self.user_id)
@@ -86,6 +97,9 @@ class session:  # noqa: N801 - a context manager used like a function, as contex
             outcome = "failed"
         self._emit(SessionEvent("close", self.session_id, time.time_ns(), task=self.task, outcome=outcome))
         otel_context.detach(self._tokens.pop())  # type: ignore[arg-type]
+        global _open_blocks
+        with _open_lock:
+            _open_blocks -= 1
 
     async def __aenter__(self) -> session:
         return self.__enter__()
