@@ -264,10 +264,6 @@ class SpanMapper:
         self._resources[id(resource)] = (resource, rid)
         return rid
 
-    def forget_resources(self) -> None:
-        """Drop cached resource ids (after a rolled-back transaction they may not exist)."""
-        self._resources.clear()
-
 
 def _snapshot(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
     """A plain dict copy, safe while the application thread still sets attributes on a live span."""

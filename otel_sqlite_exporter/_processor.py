@@ -1,8 +1,10 @@
-"""SQLiteSpanProcessor: spans in at start and at end, one background writer, never blocking the app.
+"""SQLiteSpanProcessor: spans in at start and at end, background writing, never blocking the app.
 
-The application thread only appends the span to a bounded deque. The writer thread drains it,
-keeps the latest state of each span (a span that started and ended within one batch is written
-once), maps the spans and commits each batch in one transaction.
+The application thread only appends the span to a bounded deque. Two background threads do the
+rest as a pipeline: the mapper drains the deque, keeps the latest state of each span (a span that
+started and ended within one batch is written once) and turns the batch into one JSON document;
+the committer writes each document in one transaction. Mapping needs the GIL and committing runs
+inside SQLite without it, so one batch is prepared while the previous one commits.
 """
 
 from __future__ import annotations
@@ -10,10 +12,11 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import queue
 import threading
 import time
 import weakref
-from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from opentelemetry.context import Context
@@ -68,6 +71,7 @@ class SQLiteSpanProcessor(SpanProcessor):
         self._batches = 0
         self._shutdown = False
         self._writer: TraceWriter | None = None
+        self._open_lock = threading.Lock()
         self._start_thread()
         add_listener(self)
         _register_fork_handler(self)
@@ -126,8 +130,9 @@ class SQLiteSpanProcessor(SpanProcessor):
         self._shutdown = True
         remove_listener(self)
         self._wake.set()
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join()
+        for thread in (self._thread, self._committer):
+            if thread.is_alive() and thread is not threading.current_thread():
+                thread.join()
 
     @property
     def stats(self) -> dict[str, Any]:
@@ -150,14 +155,21 @@ class SQLiteSpanProcessor(SpanProcessor):
             "last_error": health["last_error"],
         }
 
-    # -- the writer thread ----------------------------------------------------------------------
+    # -- the background threads -------------------------------------------------------------------
 
     def _start_thread(self) -> None:
         self._wake = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="otel-sqlite-writer", daemon=True)
+        # Two prepared batches at most wait for the committer; beyond that the mapper waits and the
+        # span queue, which is bounded, takes the strain.
+        self._handoff: queue.Queue[_Batch | None] = queue.Queue(maxsize=2)
+        self._thread = threading.Thread(target=self._map_loop, name="otel-sqlite-mapper", daemon=True)
+        self._committer = threading.Thread(
+            target=self._commit_loop, name="otel-sqlite-committer", daemon=True
+        )
         self._thread.start()
+        self._committer.start()
 
-    def _run(self) -> None:
+    def _map_loop(self) -> None:
         delay = self.options.schedule_delay_millis / 1000
         while True:
             if len(self._queue) < self._wake_at and not self._shutdown:
@@ -166,21 +178,19 @@ class SQLiteSpanProcessor(SpanProcessor):
             self._drain()
             if self._shutdown and not self._queue:
                 break
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        self._handoff.put(None)
 
     def _drain(self) -> None:
-        """Write what is queued now, a batch at a time, releasing flush markers as they are reached."""
-        queue = self._queue
-        while queue:
+        """Prepare what is queued now, a batch at a time, and hand each batch to the committer."""
+        queue_ = self._queue
+        while queue_:
             latest: dict[tuple[int, int], ReadableSpan] = {}
             events: list[SessionEvent] = []
             flushes: list[_Flush] = []
             count = 0
             budget = self.options.max_batch_size
-            while queue and count < budget:
-                item = queue.popleft()
+            while queue_ and count < budget:
+                item = queue_.popleft()
                 if isinstance(item, ReadableSpan):
                     ctx = item.context
                     latest[(ctx.trace_id, ctx.span_id)] = item
@@ -190,40 +200,65 @@ class SQLiteSpanProcessor(SpanProcessor):
                 else:
                     flushes.append(item)
             self._drained += count
-            if latest or events:
-                self._write(list(latest.values()), events, count)
-            for marker in flushes:
-                marker.done.set()
+            payload = None
+            if latest:
+                try:
+                    payload = self._open().prepare(latest.values())
+                except Exception as exc:  # noqa: BLE001 - a failure must never stop the writer
+                    self._health.failure(exc, lost=count)
+                    count = 0
+            self._handoff.put(_Batch(payload, events, flushes, count))
 
-    def _write(self, spans: Sequence[ReadableSpan], events: Sequence[SessionEvent], count: int) -> None:
+    def _commit_loop(self) -> None:
+        while (batch := self._handoff.get()) is not None:
+            if batch.payload is not None or batch.events:
+                self._commit(batch)
+            for marker in batch.flushes:
+                marker.done.set()
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def _commit(self, batch: _Batch) -> None:
         for attempt in range(_ATTEMPTS):
             try:
-                writer = self._open()
-                writer.write(spans, events)
+                self._open().commit(batch.payload, batch.events)
             except Exception as exc:  # noqa: BLE001 - a failed write must never stop the writer
-                self._health.failure(exc, lost=count if attempt == _ATTEMPTS - 1 else 0)
-                if attempt < _ATTEMPTS - 1:
+                last = attempt == _ATTEMPTS - 1
+                self._health.failure(exc, lost=batch.count if last else 0)
+                if not last:
                     time.sleep(0.05 * (attempt + 1))
                 continue
-            self._health.wrote(count)
+            self._health.wrote(batch.count)
             self._batches += 1
             return
 
     def _open(self) -> TraceWriter:
-        if self._writer is None:
-            self._writer = TraceWriter(self.options)
-        return self._writer
+        # Opened by whichever thread needs it first; the lock keeps the two from opening it twice.
+        with self._open_lock:
+            if self._writer is None:
+                self._writer = TraceWriter(self.options)
+            return self._writer
 
     def _after_fork_in_child(self) -> None:
-        # The parent still owns its queue, thread and connection; the child starts clean.
+        # The parent still owns its queue, threads and connections; the child starts clean.
         abandon(self._writer)
         self._writer = None
+        self._open_lock = threading.Lock()
         self._queue = collections.deque()
         self._drained = 0
         self._drop_lock = threading.Lock()
         self._health = WriteHealth(self.options.path)
         if not self._shutdown:
             self._start_thread()
+
+
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    payload: str | None
+    events: list[SessionEvent]
+    flushes: list[_Flush]
+    count: int  # span events in the batch
 
 
 def _register_fork_handler(processor: SQLiteSpanProcessor) -> None:

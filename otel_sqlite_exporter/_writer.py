@@ -54,7 +54,7 @@ _SCRATCH = (
         model TEXT PRIMARY KEY,
         input REAL, output REAL, cache_read REAL, cache_write REAL, reasoning REAL)""",
     f"""CREATE TEMP TABLE staged_spans (
-        raw, head, flags, trace_id, span_id, parent_span_id,
+        flags, trace_id, span_id, parent_span_id,
         name, kind_code, start_time_unix_nano, end_time_unix_nano, status_code, attributes, resource_id,
         scope_name, status_message, events, links, input_text, output_text, scope_version,
         {", ".join(_SLOTS)})""",
@@ -81,20 +81,18 @@ def _head_field(field: str, at: int, width: int) -> str:
 
 _name_length = f"CAST(substr(head, {HEAD_NAME_AT}, 6) AS INTEGER)"
 _scope_at = f"{HEAD_NAME_AT + 6} + {_name_length}"
-_unpack_head = ", ".join(
-    [f"{field} = {_head_field(field, at, width)}" for field, at, width in HEAD_LAYOUT]
-    + [
-        f"name = substr(head, {HEAD_NAME_AT + 6}, {_name_length})",
-        f"scope_name = nullif(substr(head, {_scope_at} + 6, "
-        f"CAST(substr(head, {_scope_at}, 6) AS INTEGER)), '')",
-    ]
-)
-
-_optional = ", ".join(
-    f"{name} = CASE WHEN flags & {bit} THEN raw {'->' if name in ('events', 'links') else '->>'} "
-    f"{_ELEMENT[name]} END"
-    for name, bit in OPTIONAL_FLAGS.items()
-)
+_flags = "CAST(substr(head, 1, 3) AS INTEGER)"
+_STAGED_FROM_ROW = {
+    **{field: _head_field(field, at, width) for field, at, width in HEAD_LAYOUT},
+    "name": f"substr(head, {HEAD_NAME_AT + 6}, {_name_length})",
+    "scope_name": f"nullif(substr(head, {_scope_at} + 6, CAST(substr(head, {_scope_at}, 6) AS INTEGER)), '')",
+    "attributes": "nullif(value -> 1, 'null')",
+    **{
+        name: f"CASE WHEN {_flags} & {bit} THEN value {'->' if name in ('events', 'links') else '->>'} "
+        f"{_ELEMENT[name]} END"
+        for name, bit in OPTIONAL_FLAGS.items()
+    },
+}
 _count = """CASE
         WHEN a.type = 'integer' AND a.atom >= 0 THEN a.atom
         WHEN a.type = 'real' AND a.atom >= 0 AND a.atom < 9e18 THEN CAST(a.atom AS INTEGER)
@@ -106,10 +104,11 @@ _cost = """CASE
              THEN CAST(trim(a.atom) AS REAL) END"""
 _STAGE_TRIGGER = f"""
 CREATE TEMP TRIGGER stage_batch INSTEAD OF INSERT ON stage_batch BEGIN
-    INSERT INTO staged_spans (raw, head, attributes)
-    SELECT value, value ->> 0, nullif(value -> 1, 'null') FROM json_each(NEW.payload);
-    UPDATE staged_spans SET {_unpack_head};
-    UPDATE staged_spans SET {_optional} WHERE flags & {sum(OPTIONAL_FLAGS.values())};
+    -- LIMIT -1 OFFSET 0 keeps SQLite from inlining the subquery, which would read the head
+    -- element again for every column taken from it.
+    INSERT INTO staged_spans ({", ".join(_STAGED_FROM_ROW)})
+    SELECT {", ".join(_STAGED_FROM_ROW.values())}
+    FROM (SELECT value, value ->> 0 AS head FROM json_each(NEW.payload) LIMIT -1 OFFSET 0);
     -- The normalisation table: for each column, the best-ranked key present on the span wins.
     UPDATE staged_spans SET ({", ".join(_SLOTS)}) = (
         SELECT {", ".join(f"max(v) FILTER (WHERE slot = {i})" for i in range(len(_SLOTS)))}
@@ -395,25 +394,36 @@ class TraceWriter:
                 (str(options.retention_days),),
             )
         self._prices: PriceTable = options.prices
+        self._busy_timeout_millis = options.busy_timeout_millis
+        self._resources_conn: sqlite3.Connection | None = None
         self._mapper = SpanMapper(options, self._resource_id)
         #: Spans skipped because they could not be mapped at all (a bug worth reporting).
         self.unmappable = 0
 
-    def write(self, spans: Iterable[ReadableSpan], events: Sequence[SessionEvent] = ()) -> int:
-        """Write the spans (and session events) in one transaction; returns the number of span rows.
+    def write(self, spans: Iterable[ReadableSpan], events: Sequence[SessionEvent] = ()) -> None:
+        """Write the spans (and session events) in one transaction.
 
         Raises ``sqlite3.Error`` when the transaction fails; nothing of the batch is then stored.
         """
+        self.commit(self.prepare(spans), events)
+
+    def prepare(self, spans: Iterable[ReadableSpan]) -> str | None:
+        """The batch document for :meth:`commit` (None for no spans). Needs the GIL; may run in
+        another thread than ``commit``, so the next batch is prepared while one commits."""
         rows = self._rows(spans)
-        if not rows and not events:
-            return 0
+        return encode_rows(rows) if rows else None
+
+    def commit(self, payload: str | None, events: Sequence[SessionEvent] = ()) -> None:
+        """Write one prepared batch (and session events) in one transaction."""
+        if payload is None and not events:
+            return
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         try:
             for event in events:
                 self._apply_event(event)
-            if rows:
-                conn.execute("INSERT INTO temp.stage_batch (payload) VALUES (?)", (encode_rows(rows),))
+            if payload is not None:
+                conn.execute("INSERT INTO temp.stage_batch (payload) VALUES (?)", (payload,))
                 self._price_new_models()
                 conn.execute("INSERT INTO temp.store_batch (go) VALUES (1)")
                 conn.execute(_WALK_UP)
@@ -422,7 +432,6 @@ class TraceWriter:
         except BaseException:
             self._rollback()
             raise
-        return len(rows)
 
     def _rows(self, spans: Iterable[ReadableSpan]) -> list[list[Any]]:
         row = self._mapper.row
@@ -467,13 +476,16 @@ class TraceWriter:
         )
 
     def _resource_id(self, attributes: str, schema_url: str | None, service_name: str | None) -> int:
-        # Outside the batch transaction when called from row mapping: a resource row is harmless on its own.
+        # Called while mapping, which may overlap a commit in another thread: resources get a
+        # connection of their own. A resource row is harmless on its own, so it commits at once.
+        if self._resources_conn is None:
+            self._resources_conn = connect(self.path, busy_timeout_millis=self._busy_timeout_millis)
         key = (attributes, schema_url or "")
-        self._conn.execute(
+        self._resources_conn.execute(
             "INSERT OR IGNORE INTO resources (attributes, schema_url, service_name) VALUES (?, ?, ?)",
             (*key, service_name),
         )
-        row = self._conn.execute(
+        row = self._resources_conn.execute(
             "SELECT resource_id FROM resources WHERE attributes = ? AND schema_url = ?", key
         ).fetchone()
         return int(row[0])
@@ -486,10 +498,11 @@ class TraceWriter:
                 self._conn.execute(statement)
         except sqlite3.Error:
             pass
-        self._mapper.forget_resources()
 
     def close(self) -> None:
-        try:
-            self._conn.close()
-        except sqlite3.Error:
-            pass
+        for conn in (self._conn, self._resources_conn):
+            try:
+                if conn is not None:
+                    conn.close()
+            except sqlite3.Error:
+                pass
