@@ -1,14 +1,14 @@
 """Normalise: the table that maps every instrumentation dialect onto the normalised columns,
 and span -> staged row.
 
-The table is data: the writer loads it into SQLite and picks each span's columns there, in one
-statement per batch, so that work runs without the GIL instead of competing with the traced
-application for it. The mapper here only reads the span objects.
+This runs on the writer's mapping thread, once per span per batch, holding the GIL: it does one
+pass over the attributes and packs the result for SQLite, which does everything else.
 """
 
 from __future__ import annotations
 
 import base64
+import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -18,7 +18,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind
 
 from otel_sqlite_exporter._config import Options
-from otel_sqlite_exporter._content import CONTENT_MARKERS, extract_text, is_content_key
+from otel_sqlite_exporter._content import extract_text, is_content_key
 
 # The normalisation table. For each column the first key present on the span wins.
 SESSION_KEYS = (
@@ -103,8 +103,7 @@ TYPE_BY_KEY: tuple[tuple[str, Mapping[str, str]], ...] = (
 OPERATION_KEYS = ("gen_ai.operation.name", "llm.request.type")
 SPAN_TYPES = ("llm", "tool", "agent", "chain", "retrieval", "embedding", "workflow", "span")
 
-# How each normalised column is read from the attribute value the table picked.
-COUNT_SLOTS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
+# One pass over a span's attributes fills these slots; for each, the best-ranked key present wins.
 SLOT_KEYS: dict[str, tuple[str, ...]] = {
     "explicit_session": SESSION_KEYS,
     "user_id": USER_KEYS,
@@ -117,64 +116,50 @@ SLOT_KEYS: dict[str, tuple[str, ...]] = {
     "cache_write_tokens": CACHE_WRITE_KEYS,
     "reasoning_tokens": REASONING_KEYS,
     "explicit_cost": COST_KEYS,
-    # Raw values the span type is derived from (TYPE_BY_KEY, in order).
-    **{f"type_key_{i}": (key,) for i, (key, _) in enumerate(TYPE_BY_KEY)},
-    "tool_name": ("gen_ai.tool.name",),
 }
-
-
-def attribute_key_rows() -> list[tuple[str, int, int, str]]:
-    """The normalisation table as rows (key, slot, rank, kind) for the writer's SQL."""
-    rows = []
-    for slot, (name, keys) in enumerate(SLOT_KEYS.items()):
-        kind = "count" if name in COUNT_SLOTS else "cost" if name == "explicit_cost" else "text"
-        rows.extend((key, slot, rank, kind) for rank, key in enumerate(keys))
-    return rows
-
+TEXT_SLOTS = ("explicit_session", "user_id", "model", "provider", "operation")
+COUNT_SLOTS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
+# key -> (slot, rank): one dict lookup per attribute instead of one per table key.
+_KEY_SLOTS = {
+    key: (slot, rank) for slot, keys in enumerate(SLOT_KEYS.values()) for rank, key in enumerate(keys)
+}
+_TEXTS = tuple(range(5))  # slot numbers of TEXT_SLOTS
+_COUNTS = tuple(range(5, 10))  # and of COUNT_SLOTS
+_COST = 10
 
 # One staged row, in the order SpanMapper.row() produces it. SQLite 3.40 parses a row's JSON again
-# for every element read (~1 us each), so every scalar travels packed in the head, at fixed
-# offsets or length-prefixed (HEAD_LAYOUT), and the optional elements are read only when their
-# flag bit is set.
-ROW_ELEMENTS = (
-    "head",
-    "attributes",  # JSON object
-    "status_message",
-    "events",  # JSON array
-    "links",  # JSON array
-    "input_text",
-    "output_text",
-    "scope_version",
-)
+# for every element read (~1 us each), so the scalars travel packed in the head, at fixed offsets
+# (HEAD_LAYOUT) or length-prefixed (name, then scope name), and the optional elements are read only
+# when their flag bit is set.
+ROW_ELEMENTS = ("head", "attributes", *(OPTIONAL := ("status_message", "events", "links", "input_text",
+                "output_text", "scope_version", *TEXT_SLOTS)))  # fmt: skip
 FLAG_ROOT = 1  # no parent, or a parent in another process
-OPTIONAL_FLAGS = {
-    "status_message": 2,
-    "events": 4,
-    "links": 8,
-    "input_text": 16,
-    "output_text": 32,
-    "scope_version": 64,
-}
-# (field, first character (1-based), width); blanks mean NULL. After it: name and scope name, each
-# as a 6-digit length and the text.
+OPTIONAL_FLAGS = {name: 2 << index for index, name in enumerate(OPTIONAL)}
+# (field, first character (1-based), width); blanks mean NULL.
 HEAD_LAYOUT = (
-    ("flags", 1, 3),
-    ("trace_id", 4, 32),
-    ("span_id", 36, 16),
-    ("parent_span_id", 52, 16),
-    ("kind_code", 68, 1),  # SpanKind value, see KIND_NAMES
-    ("status_code", 69, 1),  # StatusCode value: 0 unset, 1 ok, 2 error
-    ("start_time_unix_nano", 70, 20),
-    ("end_time_unix_nano", 90, 20),
-    ("resource_id", 110, 10),
+    ("flags", 1, 4),
+    ("trace_id", 5, 32),
+    ("span_id", 37, 16),
+    ("parent_span_id", 53, 16),
+    ("kind_code", 69, 1),  # SpanKind value, see KIND_NAMES
+    ("status_code", 70, 1),  # StatusCode value: 0 unset, 1 ok, 2 error
+    ("type_code", 71, 1),  # index into SPAN_TYPES
+    ("start_time_unix_nano", 72, 20),
+    ("end_time_unix_nano", 92, 20),
+    ("resource_id", 112, 10),
+    *((name, 122 + 19 * i, 19) for i, name in enumerate(COUNT_SLOTS)),
+    ("explicit_cost", 217, 24),
 )
-HEAD_NAME_AT = 120
+HEAD_NAME_AT = 241
 KIND_NAMES = tuple(kind.name.lower() for kind in sorted(SpanKind, key=lambda k: k.value))
 STATUS_NAMES = ("UNSET", "OK", "ERROR")
 # A JSON column larger than this has its longest strings shortened so one span cannot exhaust the writer.
 MAX_JSON_CHARS = 8 * 1024 * 1024
 _SURROGATE = re.compile("[\ud800-\udfff]")
-_BLANK = {width: " " * width for width in (10, 16, 20)}
+_BLANK = {width: " " * width for width in (10, 16, 19, 20, 24)}
+_NO_COUNTS = [None] * 5
+_OPTIONAL_BITS = tuple(OPTIONAL_FLAGS.values())
+_TYPE_CODE = {span_type: str(code) for code, span_type in enumerate(SPAN_TYPES)}
 
 
 class SpanMapper:
@@ -197,6 +182,24 @@ class SpanMapper:
         status = span.status
         scope = span.instrumentation_scope
         attrs = _snapshot(span.attributes)
+        if not self._capture:
+            attrs = {k: v for k, v in attrs.items() if not is_content_key(k)}
+        found: list[Any] = [None] * 11
+        ranks = [99] * 11
+        slots = _KEY_SLOTS
+        for key, value in attrs.items():
+            hit = slots.get(key)
+            if hit is not None and value is not None and value != "":
+                slot, rank = hit
+                if rank < ranks[slot]:
+                    ranks[slot] = rank
+                    found[slot] = value
+        counts = [_count(found[slot]) for slot in _COUNTS]
+        cost = _cost(found[_COST])
+        texts = [_text(found[slot]) for slot in _TEXTS]
+        has_usage = counts != _NO_COUNTS
+        span_type = _span_type(attrs, texts[2], has_usage)
+
         # The SDK's events/links properties copy under a lock even when empty; look first.
         span_events = getattr(span, "_events", None)
         if span_events is None or span_events:
@@ -206,27 +209,16 @@ class SpanMapper:
             links = span.links
         flags = FLAG_ROOT if parent is None or parent.is_remote else 0
         message = status.description
-        if message is not None:
-            flags |= 2
-        events = None
-        if span_events:
-            flags |= 4
-            events = _events(span_events, self._capture)
-        if links:
-            flags |= 8
-            links = _links(links)
+        events = _events(span_events, self._capture) if span_events else None
+        links = _links(links) if links else None
         input_text = output_text = None
-        if not self._capture:
-            attrs = {k: v for k, v in attrs.items() if not is_content_key(k)}
-        elif span_events or not CONTENT_MARKERS.isdisjoint(attrs):
+        if self._capture:
             input_text, output_text = extract_text(attrs, span_events, self._limit)
-            if input_text is not None:
-                flags |= 16
-            if output_text is not None:
-                flags |= 32
         version = None if scope is None else scope.version
-        if version is not None:
-            flags |= 64
+        optional = [message, events, links, input_text, output_text, version, *texts]
+        for bit, value in zip(_OPTIONAL_BITS, optional, strict=True):
+            if value is not None:
+                flags |= bit
         resource = span.resource
         cached = self._resources.get(id(resource))
         resource_id = cached[1] if cached is not None and cached[0] is resource else self._resource(resource)
@@ -234,19 +226,16 @@ class SpanMapper:
         scope_name = "" if scope is None else scope.name or ""
         end = span.end_time
         return [
-            f"{flags:03d}{ctx.trace_id:032x}{ctx.span_id:016x}"
+            f"{flags:04d}{ctx.trace_id:032x}{ctx.span_id:016x}"
             f"{_BLANK[16] if parent is None else format(parent.span_id, '016x')}"
-            f"{span.kind.value}{status.status_code.value}{span.start_time:020d}"
+            f"{span.kind.value}{status.status_code.value}{_TYPE_CODE[span_type]}{span.start_time:020d}"
             f"{_BLANK[20] if end is None else format(end, '020d')}"
             f"{_BLANK[10] if resource_id is None else format(resource_id, '010d')}"
+            f"{''.join(_BLANK[19] if c is None else format(c, '19d') for c in counts)}"
+            f"{_BLANK[24] if cost is None else format(cost, '24.17g')}"
             f"{len(name):06d}{name}{len(scope_name):06d}{scope_name}",
             attrs or None,
-            message,
-            events,
-            links or None,
-            input_text,
-            output_text,
-            version,
+            *optional,
         ]
 
     def _resource(self, resource: Any) -> int | None:
@@ -282,6 +271,52 @@ def _snapshot(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
         except (RuntimeError, KeyError):
             continue
     return {}
+
+
+def _text(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return str(value)
+
+
+def _count(value: Any) -> int | None:
+    """A token count: a non-negative whole number (int, integral float or digits), else None."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if 0 <= value < 10**18 else None
+    if isinstance(value, float):
+        return int(value) if math.isfinite(value) and 0 <= value < 1e18 else None
+    if isinstance(value, str):
+        text = value.strip()
+        return int(text) if text.isdigit() and len(text) < 19 else None
+    return None
+
+
+def _cost(value: Any) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        cost = float(value)
+    except (TypeError, ValueError):
+        return None
+    return cost if math.isfinite(cost) and cost >= 0 else None
+
+
+def _span_type(attrs: Mapping[str, Any], model: str | None, has_usage: bool) -> str:
+    get = attrs.get
+    for key, types in TYPE_BY_KEY:
+        value = get(key)
+        if value is not None:
+            found = types.get(str(value).lower())
+            if found is not None:
+                return found
+    if get("gen_ai.tool.name") is not None:
+        return "tool"
+    # An unknown dialect's model call: a model name plus usage is an LLM call by any reading.
+    if model is not None and has_usage:
+        return "llm"
+    return "span"
 
 
 def _events(events: Sequence[Any], capture: bool) -> list[dict[str, Any]]:

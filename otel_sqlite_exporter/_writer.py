@@ -29,11 +29,9 @@ from otel_sqlite_exporter._normalize import (
     KIND_NAMES,
     OPTIONAL_FLAGS,
     ROW_ELEMENTS,
-    SLOT_KEYS,
+    SPAN_TYPES,
     STATUS_NAMES,
-    TYPE_BY_KEY,
     SpanMapper,
-    attribute_key_rows,
     encode_rows,
 )
 from otel_sqlite_exporter._pricing import PriceTable
@@ -42,30 +40,7 @@ from otel_sqlite_exporter._schema import connect
 logger = logging.getLogger("otel_sqlite_exporter")
 
 _TOKENS = COUNT_SLOTS
-_SLOTS = tuple(SLOT_KEYS)
 _ELEMENT = {name: index for index, name in enumerate(ROW_ELEMENTS)}
-
-# -- per-connection scratch space -----------------------------------------------------------------
-
-_SCRATCH = (
-    """CREATE TEMP TABLE attribute_keys (
-        key TEXT, slot INTEGER, rank INTEGER, kind TEXT, PRIMARY KEY (key, slot)) WITHOUT ROWID""",
-    """CREATE TEMP TABLE prices (
-        model TEXT PRIMARY KEY,
-        input REAL, output REAL, cache_read REAL, cache_write REAL, reasoning REAL)""",
-    f"""CREATE TEMP TABLE staged_spans (
-        flags, trace_id, span_id, parent_span_id,
-        name, kind_code, start_time_unix_nano, end_time_unix_nano, status_code, attributes, resource_id,
-        scope_name, status_message, events, links, input_text, output_text, scope_version,
-        {", ".join(_SLOTS)})""",
-    "CREATE INDEX temp.staged_spans_by_key ON staged_spans (trace_id, span_id)",
-    """CREATE TEMP TABLE staged_traces (
-        trace_id TEXT PRIMARY KEY, explicit_session TEXT, session_rank INTEGER,
-        service_name TEXT, user_id TEXT)""",
-    "CREATE TEMP TABLE moved_traces (trace_id TEXT PRIMARY KEY, old_session_id TEXT)",
-    "CREATE TEMP TABLE touched_sessions (session_id TEXT PRIMARY KEY)",
-    "CREATE TEMP TABLE ancestors (trace_id, span_id, PRIMARY KEY (trace_id, span_id))",
-)
 
 # -- step 1: stage the batch and normalise it ----------------------------------------------------
 
@@ -76,12 +51,12 @@ def _head_field(field: str, at: int, width: int) -> str:
         return text
     if field == "parent_span_id":
         return f"nullif(trim({text}), '')"
-    return f"CAST(nullif(trim({text}), '') AS INTEGER)"
+    return f"CAST(nullif(trim({text}), '') AS {'REAL' if field == 'explicit_cost' else 'INTEGER'})"
 
 
 _name_length = f"CAST(substr(head, {HEAD_NAME_AT}, 6) AS INTEGER)"
 _scope_at = f"{HEAD_NAME_AT + 6} + {_name_length}"
-_flags = "CAST(substr(head, 1, 3) AS INTEGER)"
+_flags = "CAST(substr(head, 1, 4) AS INTEGER)"
 _STAGED_FROM_ROW = {
     **{field: _head_field(field, at, width) for field, at, width in HEAD_LAYOUT},
     "name": f"substr(head, {HEAD_NAME_AT + 6}, {_name_length})",
@@ -93,15 +68,23 @@ _STAGED_FROM_ROW = {
         for name, bit in OPTIONAL_FLAGS.items()
     },
 }
-_count = """CASE
-        WHEN a.type = 'integer' AND a.atom >= 0 THEN a.atom
-        WHEN a.type = 'real' AND a.atom >= 0 AND a.atom < 9e18 THEN CAST(a.atom AS INTEGER)
-        WHEN a.type = 'text' AND trim(a.atom) != '' AND trim(a.atom) NOT GLOB '*[^0-9]*'
-             AND length(trim(a.atom)) < 19 THEN CAST(trim(a.atom) AS INTEGER) END"""
-_cost = """CASE
-        WHEN a.type IN ('integer', 'real') AND a.atom >= 0 THEN CAST(a.atom AS REAL)
-        WHEN a.type = 'text' AND trim(a.atom) GLOB '[0-9]*' AND trim(a.atom) NOT GLOB '*[^0-9.eE+-]*'
-             THEN CAST(trim(a.atom) AS REAL) END"""
+# -- per-connection scratch space -----------------------------------------------------------------
+
+_SCRATCH = (
+    """CREATE TEMP TABLE prices (
+        model TEXT PRIMARY KEY,
+        input REAL, output REAL, cache_read REAL, cache_write REAL, reasoning REAL)""",
+    f"""CREATE TEMP TABLE staged_spans (
+        {", ".join(_STAGED_FROM_ROW)})""",
+    "CREATE INDEX temp.staged_spans_by_key ON staged_spans (trace_id, span_id)",
+    """CREATE TEMP TABLE staged_traces (
+        trace_id TEXT PRIMARY KEY, explicit_session TEXT, session_rank INTEGER,
+        service_name TEXT, user_id TEXT)""",
+    "CREATE TEMP TABLE moved_traces (trace_id TEXT PRIMARY KEY, old_session_id TEXT)",
+    "CREATE TEMP TABLE touched_sessions (session_id TEXT PRIMARY KEY)",
+    "CREATE TEMP TABLE ancestors (trace_id, span_id, PRIMARY KEY (trace_id, span_id))",
+)
+
 _STAGE_TRIGGER = f"""
 CREATE TEMP TRIGGER stage_batch INSTEAD OF INSERT ON stage_batch BEGIN
     -- LIMIT -1 OFFSET 0 keeps SQLite from inlining the subquery, which would read the head
@@ -109,17 +92,6 @@ CREATE TEMP TRIGGER stage_batch INSTEAD OF INSERT ON stage_batch BEGIN
     INSERT INTO staged_spans ({", ".join(_STAGED_FROM_ROW)})
     SELECT {", ".join(_STAGED_FROM_ROW.values())}
     FROM (SELECT value, value ->> 0 AS head FROM json_each(NEW.payload) LIMIT -1 OFFSET 0);
-    -- The normalisation table: for each column, the best-ranked key present on the span wins.
-    UPDATE staged_spans SET ({", ".join(_SLOTS)}) = (
-        SELECT {", ".join(f"max(v) FILTER (WHERE slot = {i})" for i in range(len(_SLOTS)))}
-        FROM (
-            SELECT k.slot AS slot, min(k.rank),
-                   CASE k.kind WHEN 'count' THEN {_count} WHEN 'cost' THEN {_cost}
-                       ELSE CAST(a.atom AS TEXT) END AS v
-            FROM json_each(staged_spans.attributes) AS a JOIN attribute_keys AS k ON k.key = a.key
-            WHERE a.type NOT IN ('null', 'array', 'object') AND a.atom != ''
-            GROUP BY k.slot))
-    WHERE attributes IS NOT NULL;
 END"""
 _NEW_MODELS = """
 SELECT DISTINCT model FROM temp.staged_spans
@@ -138,17 +110,7 @@ _priced = f"""(SELECT round((
         + max(0, {_z["output_tokens"]} - {_z["reasoning_tokens"]}) * p.output
         + {_z["reasoning_tokens"]} * coalesce(p.reasoning, p.output)) / 1000000.0, 10)
     FROM prices AS p WHERE p.model = s.model)"""
-_type_cases = [
-    "CASE lower(s.type_key_{i}) {whens} END".format(
-        i=i, whens=" ".join(f"WHEN '{value}' THEN '{span_type}'" for value, span_type in types.items())
-    )
-    for i, (_, types) in enumerate(TYPE_BY_KEY)
-]
-_span_type = f"""coalesce({", ".join(_type_cases)},
-        CASE WHEN s.tool_name IS NOT NULL THEN 'tool' END,
-        -- An unknown dialect's model call: a model name plus usage is an LLM call by any reading.
-        CASE WHEN s.model IS NOT NULL AND ({_has_tokens}) THEN 'llm' END,
-        'span')"""
+_span_type = "CASE s.type_code " + " ".join(f"WHEN {i} THEN '{t}'" for i, t in enumerate(SPAN_TYPES)) + " END"
 _kind = "CASE s.kind_code " + " ".join(f"WHEN {i} THEN '{n}'" for i, n in enumerate(KIND_NAMES)) + " END"
 _status = (
     "CASE s.status_code " + " ".join(f"WHEN {i} THEN '{n}'" for i, n in enumerate(STATUS_NAMES)) + " END"
@@ -386,7 +348,6 @@ class TraceWriter:
         self._conn = connect(options.path, busy_timeout_millis=options.busy_timeout_millis)
         for statement in _PIPELINE:
             self._conn.execute(statement)
-        self._conn.executemany("INSERT INTO temp.attribute_keys VALUES (?, ?, ?, ?)", attribute_key_rows())
         if options.retention_days is not None:
             self._conn.execute(
                 "INSERT INTO settings (key, value) VALUES ('retention_days', ?) "
