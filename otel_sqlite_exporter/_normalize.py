@@ -18,7 +18,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind
 
 from otel_sqlite_exporter._config import Options
-from otel_sqlite_exporter._content import extract_text, is_content_key
+from otel_sqlite_exporter._content import CONTENT_MARKERS, extract_text, is_content_key
 
 # The normalisation table. For each column the first key present on the span wins.
 SESSION_KEYS = (
@@ -158,6 +158,9 @@ MAX_JSON_CHARS = 8 * 1024 * 1024
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _BLANK = {width: " " * width for width in (10, 16, 19, 20, 24)}
 _NO_COUNTS = [None] * 5
+_MAX_COUNT = 10**18
+_COUNTS_FORMAT = "%19s" * 5
+_BLANK_COUNTS = _COUNTS_FORMAT % (("",) * 5)
 _OPTIONAL_BITS = tuple(OPTIONAL_FLAGS.values())
 _TYPE_CODE = {span_type: str(code) for code, span_type in enumerate(SPAN_TYPES)}
 
@@ -177,11 +180,13 @@ class SpanMapper:
         self._resources: dict[int, tuple[Any, int | None]] = {}
 
     def row(self, span: ReadableSpan) -> list[Any]:
+        # The hottest Python in the package (it shares the GIL with the traced application), so it
+        # is written for speed: one pass over the attributes, no per-span helper objects.
         ctx = span.context
         parent = span.parent
         status = span.status
         scope = span.instrumentation_scope
-        attrs = _snapshot(span.attributes)
+        attrs = _attributes(span)
         if not self._capture:
             attrs = {k: v for k, v in attrs.items() if not is_content_key(k)}
         found: list[Any] = [None] * 11
@@ -194,31 +199,48 @@ class SpanMapper:
                 if rank < ranks[slot]:
                     ranks[slot] = rank
                     found[slot] = value
-        counts = [_count(found[slot]) for slot in _COUNTS]
-        cost = _cost(found[_COST])
-        texts = [_text(found[slot]) for slot in _TEXTS]
-        has_usage = counts != _NO_COUNTS
-        span_type = _span_type(attrs, texts[2], has_usage)
+        session, user, model, provider, operation, *counts, cost = found
+        if counts == _NO_COUNTS:
+            counts_field = _BLANK_COUNTS
+            has_usage = False
+        else:
+            counts = [
+                c if c is None or (type(c) is int and 0 <= c < _MAX_COUNT) else _count(c) for c in counts
+            ]
+            has_usage = counts != _NO_COUNTS
+            counts_field = _COUNTS_FORMAT % tuple("" if c is None else c for c in counts)
+        if cost is not None:
+            cost = _cost(cost)
+        if model is not None and type(model) is not str:
+            model = str(model)
+        texts = [session, user, model, provider, operation]
+        if (
+            not (session is None or type(session) is str)
+            or not (user is None or type(user) is str)
+            or not (
+                (provider is None or type(provider) is str) and (operation is None or type(operation) is str)
+            )
+        ):
+            texts = [None if v is None else str(v) for v in texts]
+        span_type = _span_type(attrs, model, has_usage)
 
         # The SDK's events/links properties copy under a lock even when empty; look first.
-        span_events = getattr(span, "_events", None)
-        if span_events is None or span_events:
-            span_events = span.events
-        links = getattr(span, "_links", None)
-        if links is None or links:
-            links = span.links
-        flags = FLAG_ROOT if parent is None or parent.is_remote else 0
-        message = status.description
+        raw_events = getattr(span, "_events", None)
+        span_events = span.events if raw_events is None or len(raw_events) else ()
+        raw_links = getattr(span, "_links", None)
+        span_links = span.links if raw_links is None or len(raw_links) else ()
         events = _events(span_events, self._capture) if span_events else None
-        links = _links(links) if links else None
-        input_text = output_text = None
-        if self._capture:
+        links = _links(span_links) if span_links else None
+        if self._capture and (span_events or not CONTENT_MARKERS.isdisjoint(attrs)):
             input_text, output_text = extract_text(attrs, span_events, self._limit)
+        else:
+            input_text = output_text = None
+        message = status.description
         version = None if scope is None else scope.version
         optional = [message, events, links, input_text, output_text, version, *texts]
-        for bit, value in zip(_OPTIONAL_BITS, optional, strict=True):
-            if value is not None:
-                flags |= bit
+        flags = (parent is None or parent.is_remote) | sum(
+            bit for bit, value in zip(_OPTIONAL_BITS, optional, strict=True) if value is not None
+        )
         resource = span.resource
         cached = self._resources.get(id(resource))
         resource_id = cached[1] if cached is not None and cached[0] is resource else self._resource(resource)
@@ -231,8 +253,7 @@ class SpanMapper:
             f"{span.kind.value}{status.status_code.value}{_TYPE_CODE[span_type]}{span.start_time:020d}"
             f"{_BLANK[20] if end is None else format(end, '020d')}"
             f"{_BLANK[10] if resource_id is None else format(resource_id, '010d')}"
-            f"{''.join(_BLANK[19] if c is None else format(c, '19d') for c in counts)}"
-            f"{_BLANK[24] if cost is None else format(cost, '24.17g')}"
+            f"{counts_field}{_BLANK[24] if cost is None else format(cost, '24.17g')}"
             f"{len(name):06d}{name}{len(scope_name):06d}{scope_name}",
             attrs or None,
             *optional,
@@ -254,20 +275,21 @@ class SpanMapper:
         return rid
 
 
-def _snapshot(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
-    """A plain dict copy, safe while the application thread still sets attributes on a live span."""
-    if not attributes:
+def _attributes(span: ReadableSpan) -> dict[str, Any]:
+    """The span's attributes as a plain dict, never one the application thread may still change."""
+    raw = getattr(span, "_attributes", None)
+    if raw is None:
         return {}
-    try:
-        # mappingproxy.copy() delegates to BoundedAttributes.copy(), a C-level dict copy under the GIL.
-        copied = attributes.copy()  # type: ignore[attr-defined]
-        if isinstance(copied, dict):
-            return copied
-    except (AttributeError, TypeError):
-        pass
+    if getattr(raw, "_immutable", False) and type(getattr(raw, "_dict", None)) is dict:
+        return raw._dict  # frozen when the span ended: read it in place (it is never written to here)
+    # A running span: BoundedAttributes.copy() is a C-level dict copy, atomic under the GIL.
+    copy = getattr(raw, "copy", None)
+    copied = copy() if copy is not None else None
+    if isinstance(copied, dict):
+        return copied
     for _ in range(3):
         try:
-            return dict(attributes)
+            return dict(span.attributes or {})
         except (RuntimeError, KeyError):
             continue
     return {}
@@ -284,9 +306,9 @@ def _count(value: Any) -> int | None:
     if value is None or isinstance(value, bool):
         return None
     if isinstance(value, int):
-        return value if 0 <= value < 10**18 else None
+        return value if 0 <= value < _MAX_COUNT else None
     if isinstance(value, float):
-        return int(value) if math.isfinite(value) and 0 <= value < 1e18 else None
+        return int(value) if math.isfinite(value) and 0 <= value < _MAX_COUNT else None
     if isinstance(value, str):
         text = value.strip()
         return int(text) if text.isdigit() and len(text) < 19 else None

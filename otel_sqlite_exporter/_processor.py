@@ -1,10 +1,12 @@
 """SQLiteSpanProcessor: spans in at start and at end, background writing, never blocking the app.
 
 The application thread only appends the span to a bounded deque. Two background threads do the
-rest as a pipeline: the mapper drains the deque, keeps the latest state of each span (a span that
-started and ended within one batch is written once) and turns the batch into one JSON document;
-the committer writes each document in one transaction. Mapping needs the GIL and committing runs
-inside SQLite without it, so one batch is prepared while the previous one commits.
+rest. The mapper drains the deque in small batches, soon after the spans end (while they are
+still in the CPU cache, and before they pile up for the garbage collector to scan), keeps the
+latest state of each span (a span that started and ended within one batch is written once), and
+turns each batch into one JSON document. The committer writes the documents waiting for it, several
+to a transaction. Mapping needs the GIL and committing runs inside SQLite without it, so the two
+overlap; prepared documents are plain strings, bounded in total size.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from __future__ import annotations
 import collections
 import logging
 import os
-import queue
 import threading
 import time
 import weakref
@@ -41,6 +42,10 @@ logger = logging.getLogger("otel_sqlite_exporter")
 _START_SHARE = 0.9
 # Writes failing this many times in a row are given up (counted in stats['failed']).
 _ATTEMPTS = 3
+# Span events the mapper takes at a time: small, so spans are mapped while still cache-warm.
+_MAP_BATCH = 1024
+# Prepared documents waiting for the committer, in characters.
+_PREPARED_BUDGET = 64 * 1024 * 1024
 
 
 class _Flush:
@@ -63,7 +68,7 @@ class SQLiteSpanProcessor(SpanProcessor):
         self._queue: collections.deque[Any] = collections.deque()
         self._limit = self.options.max_queue_size
         self._start_limit = int(self._limit * _START_SHARE)
-        self._wake_at = max(1, min(self.options.max_batch_size // 2, 2048))
+        self._wake_at = max(1, min(self.options.max_batch_size, _MAP_BATCH) // 2)
         self._health = WriteHealth(self.options.path)
         self._dropped = 0
         self._drop_lock = threading.Lock()
@@ -159,13 +164,11 @@ class SQLiteSpanProcessor(SpanProcessor):
 
     def _start_thread(self) -> None:
         self._wake = threading.Event()
-        # Two prepared batches at most wait for the committer; beyond that the mapper waits and the
-        # span queue, which is bounded, takes the strain.
-        self._handoff: queue.Queue[_Batch | None] = queue.Queue(maxsize=2)
-        self._thread = threading.Thread(target=self._map_loop, name="otel-sqlite-mapper", daemon=True)
-        self._committer = threading.Thread(
-            target=self._commit_loop, name="otel-sqlite-committer", daemon=True
-        )
+        self._prepared: collections.deque[_Batch | None] = collections.deque()
+        self._prepared_bytes = 0
+        self._prepared_cv = threading.Condition()
+        self._thread = threading.Thread(target=self._map_loop, name="otel-sqlite-map", daemon=True)
+        self._committer = threading.Thread(target=self._commit_loop, name="otel-sqlite-commit", daemon=True)
         self._thread.start()
         self._committer.start()
 
@@ -178,22 +181,21 @@ class SQLiteSpanProcessor(SpanProcessor):
             self._drain()
             if self._shutdown and not self._queue:
                 break
-        self._handoff.put(None)
+        self._hand_over(None)
 
     def _drain(self) -> None:
-        """Prepare what is queued now, a batch at a time, and hand each batch to the committer."""
-        queue_ = self._queue
-        while queue_:
-            latest: dict[tuple[int, int], ReadableSpan] = {}
+        """Prepare what is queued now, a small batch at a time, and hand each to the committer."""
+        queue = self._queue
+        while queue:
+            latest: dict[int, ReadableSpan] = {}
             events: list[SessionEvent] = []
             flushes: list[_Flush] = []
             count = 0
-            budget = self.options.max_batch_size
-            while queue_ and count < budget:
-                item = queue_.popleft()
+            while queue and count < _MAP_BATCH:
+                item = queue.popleft()
                 if isinstance(item, ReadableSpan):
                     ctx = item.context
-                    latest[(ctx.trace_id, ctx.span_id)] = item
+                    latest[ctx.trace_id << 64 | ctx.span_id] = item
                     count += 1
                 elif isinstance(item, SessionEvent):
                     events.append(item)
@@ -207,29 +209,66 @@ class SQLiteSpanProcessor(SpanProcessor):
                 except Exception as exc:  # noqa: BLE001 - a failure must never stop the writer
                     self._health.failure(exc, lost=count)
                     count = 0
-            self._handoff.put(_Batch(payload, events, flushes, count))
+            del latest  # the spans can go now, while they are young
+            self._hand_over(_Batch(payload, events, flushes, count))
+
+    def _hand_over(self, batch: _Batch | None) -> None:
+        size = len(batch.payload) if batch is not None and batch.payload is not None else 0
+        with self._prepared_cv:
+            # Past the budget the mapper waits; the span queue, bounded, then takes the strain.
+            while self._prepared_bytes > _PREPARED_BUDGET and self._prepared:
+                self._prepared_cv.wait()
+            self._prepared.append(batch)
+            self._prepared_bytes += size
+            self._prepared_cv.notify_all()
+
+    def _take(self) -> tuple[list[_Batch], bool]:
+        """The batches waiting (up to one transaction's worth), and whether the mapper has finished."""
+        with self._prepared_cv:
+            while not self._prepared:
+                self._prepared_cv.wait()
+            taken: list[_Batch] = []
+            count = 0
+            while self._prepared and count < self.options.max_batch_size:
+                batch = self._prepared.popleft()
+                if batch is None:
+                    self._prepared_cv.notify_all()
+                    return taken, True
+                taken.append(batch)
+                count += batch.count
+                self._prepared_bytes -= len(batch.payload) if batch.payload is not None else 0
+            self._prepared_cv.notify_all()
+            return taken, False
 
     def _commit_loop(self) -> None:
-        while (batch := self._handoff.get()) is not None:
-            if batch.payload is not None or batch.events:
-                self._commit(batch)
-            for marker in batch.flushes:
-                marker.done.set()
+        finished = False
+        while not finished:
+            batches, finished = self._take()
+            if batches:
+                self._commit(batches)
+            for batch in batches:
+                for marker in batch.flushes:
+                    marker.done.set()
         if self._writer is not None:
             self._writer.close()
             self._writer = None
 
-    def _commit(self, batch: _Batch) -> None:
+    def _commit(self, batches: list[_Batch]) -> None:
+        payloads = [b.payload for b in batches if b.payload is not None]
+        events = [event for b in batches for event in b.events]
+        count = sum(b.count for b in batches)
+        if not payloads and not events:
+            return
         for attempt in range(_ATTEMPTS):
             try:
-                self._open().commit(batch.payload, batch.events)
+                self._open().commit(payloads, events)
             except Exception as exc:  # noqa: BLE001 - a failed write must never stop the writer
                 last = attempt == _ATTEMPTS - 1
-                self._health.failure(exc, lost=batch.count if last else 0)
+                self._health.failure(exc, lost=count if last else 0)
                 if not last:
                     time.sleep(0.05 * (attempt + 1))
                 continue
-            self._health.wrote(batch.count)
+            self._health.wrote(count)
             self._batches += 1
             return
 

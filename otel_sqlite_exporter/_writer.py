@@ -182,7 +182,9 @@ CREATE TEMP TRIGGER store_batch INSTEAD OF INSERT ON store_batch BEGIN
         service_name = coalesce(sessions.service_name, excluded.service_name);
     INSERT INTO spans (trace_id, span_id, {", ".join(_SPAN_DATA)})
     SELECT s.trace_id, s.span_id, {", ".join(_SPAN_DATA.values())}
-    FROM staged_spans AS s JOIN traces AS t ON t.trace_id = s.trace_id WHERE true
+    FROM staged_spans AS s JOIN traces AS t ON t.trace_id = s.trace_id
+    -- Several prepared batches may hold the same span (its start, then its end): in order.
+    ORDER BY s.rowid
     ON CONFLICT (trace_id, span_id) DO UPDATE SET {", ".join(f"{c} = excluded.{c}" for c in _SPAN_DATA)}
     -- A late start row never overwrites the completed row.
     WHERE excluded.end_time_unix_nano IS NOT NULL OR spans.end_time_unix_nano IS NULL;
@@ -366,7 +368,8 @@ class TraceWriter:
 
         Raises ``sqlite3.Error`` when the transaction fails; nothing of the batch is then stored.
         """
-        self.commit(self.prepare(spans), events)
+        payload = self.prepare(spans)
+        self.commit([payload] if payload is not None else [], events)
 
     def prepare(self, spans: Iterable[ReadableSpan]) -> str | None:
         """The batch document for :meth:`commit` (None for no spans). Needs the GIL; may run in
@@ -374,16 +377,20 @@ class TraceWriter:
         rows = self._rows(spans)
         return encode_rows(rows) if rows else None
 
-    def commit(self, payload: str | None, events: Sequence[SessionEvent] = ()) -> None:
-        """Write one prepared batch (and session events) in one transaction."""
-        if payload is None and not events:
+    def commit(self, payloads: Sequence[str], events: Sequence[SessionEvent] = ()) -> None:
+        """Write prepared batches (and session events) in one transaction, in order."""
+        if not payloads and not events:
             return
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         try:
             for event in events:
                 self._apply_event(event)
-            if payload is not None:
+            if payloads:
+                # One document, so one statement: each statement costs the GIL being taken back.
+                payload = (
+                    payloads[0] if len(payloads) == 1 else "[" + ",".join(p[1:-1] for p in payloads) + "]"
+                )
                 conn.execute("INSERT INTO temp.stage_batch (payload) VALUES (?)", (payload,))
                 self._price_new_models()
                 conn.execute("INSERT INTO temp.store_batch (go) VALUES (1)")
