@@ -8,7 +8,6 @@ pass over the attributes and packs the result for SQLite, which does everything 
 from __future__ import annotations
 
 import base64
-import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -103,7 +102,8 @@ TYPE_BY_KEY: tuple[tuple[str, Mapping[str, str]], ...] = (
 OPERATION_KEYS = ("gen_ai.operation.name", "llm.request.type")
 SPAN_TYPES = ("llm", "tool", "agent", "chain", "retrieval", "embedding", "workflow", "span")
 
-# One pass over a span's attributes fills these slots; for each, the best-ranked key present wins.
+# The normalised columns and their keys, best first. The writer loads this table into SQLite and
+# picks each span's columns there, without the GIL (the traced application needs it more).
 SLOT_KEYS: dict[str, tuple[str, ...]] = {
     "explicit_session": SESSION_KEYS,
     "user_id": USER_KEYS,
@@ -117,22 +117,24 @@ SLOT_KEYS: dict[str, tuple[str, ...]] = {
     "reasoning_tokens": REASONING_KEYS,
     "explicit_cost": COST_KEYS,
 }
-TEXT_SLOTS = ("explicit_session", "user_id", "model", "provider", "operation")
 COUNT_SLOTS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
-# key -> (slot, rank): one dict lookup per attribute instead of one per table key.
-_KEY_SLOTS = {
-    key: (slot, rank) for slot, keys in enumerate(SLOT_KEYS.values()) for rank, key in enumerate(keys)
-}
-_TEXTS = tuple(range(5))  # slot numbers of TEXT_SLOTS
-_COUNTS = tuple(range(5, 10))  # and of COUNT_SLOTS
-_COST = 10
+
+
+def attribute_key_rows() -> list[tuple[str, int, int, str]]:
+    """The normalisation table as rows (key, slot, rank, kind) for the writer's SQL."""
+    rows = []
+    for slot, (name, keys) in enumerate(SLOT_KEYS.items()):
+        kind = "count" if name in COUNT_SLOTS else "cost" if name == "explicit_cost" else "text"
+        rows.extend((key, slot, rank, kind) for rank, key in enumerate(keys))
+    return rows
+
 
 # One staged row, in the order SpanMapper.row() produces it. SQLite 3.40 parses a row's JSON again
 # for every element read (~1 us each), so the scalars travel packed in the head, at fixed offsets
 # (HEAD_LAYOUT) or length-prefixed (name, then scope name), and the optional elements are read only
 # when their flag bit is set.
 ROW_ELEMENTS = ("head", "attributes", *(OPTIONAL := ("status_message", "events", "links", "input_text",
-                "output_text", "scope_version", *TEXT_SLOTS)))  # fmt: skip
+                "output_text", "scope_version")))  # fmt: skip
 FLAG_ROOT = 1  # no parent, or a parent in another process
 OPTIONAL_FLAGS = {name: 2 << index for index, name in enumerate(OPTIONAL)}
 # (field, first character (1-based), width); blanks mean NULL.
@@ -143,24 +145,18 @@ HEAD_LAYOUT = (
     ("parent_span_id", 53, 16),
     ("kind_code", 69, 1),  # SpanKind value, see KIND_NAMES
     ("status_code", 70, 1),  # StatusCode value: 0 unset, 1 ok, 2 error
-    ("type_code", 71, 1),  # index into SPAN_TYPES
+    ("type_code", 71, 1),  # index into SPAN_TYPES; blank when only SQL can tell (see _span_type)
     ("start_time_unix_nano", 72, 20),
     ("end_time_unix_nano", 92, 20),
     ("resource_id", 112, 10),
-    *((name, 122 + 19 * i, 19) for i, name in enumerate(COUNT_SLOTS)),
-    ("explicit_cost", 217, 24),
 )
-HEAD_NAME_AT = 241
+HEAD_NAME_AT = 122
 KIND_NAMES = tuple(kind.name.lower() for kind in sorted(SpanKind, key=lambda k: k.value))
 STATUS_NAMES = ("UNSET", "OK", "ERROR")
 # A JSON column larger than this has its longest strings shortened so one span cannot exhaust the writer.
 MAX_JSON_CHARS = 8 * 1024 * 1024
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _BLANK = {width: " " * width for width in (10, 16, 19, 20, 24)}
-_NO_COUNTS = [None] * 5
-_MAX_COUNT = 10**18
-_COUNTS_FORMAT = "%19s" * 5
-_BLANK_COUNTS = _COUNTS_FORMAT % (("",) * 5)
 _OPTIONAL_BITS = tuple(OPTIONAL_FLAGS.values())
 _TYPE_CODE = {span_type: str(code) for code, span_type in enumerate(SPAN_TYPES)}
 
@@ -180,8 +176,7 @@ class SpanMapper:
         self._resources: dict[int, tuple[Any, int | None]] = {}
 
     def row(self, span: ReadableSpan) -> list[Any]:
-        # The hottest Python in the package (it shares the GIL with the traced application), so it
-        # is written for speed: one pass over the attributes, no per-span helper objects.
+        # The hottest Python in the package: it shares the GIL with the traced application.
         ctx = span.context
         parent = span.parent
         status = span.status
@@ -189,41 +184,6 @@ class SpanMapper:
         attrs = _attributes(span)
         if not self._capture:
             attrs = {k: v for k, v in attrs.items() if not is_content_key(k)}
-        found: list[Any] = [None] * 11
-        ranks = [99] * 11
-        slots = _KEY_SLOTS
-        for key, value in attrs.items():
-            hit = slots.get(key)
-            if hit is not None and value is not None and value != "":
-                slot, rank = hit
-                if rank < ranks[slot]:
-                    ranks[slot] = rank
-                    found[slot] = value
-        session, user, model, provider, operation, *counts, cost = found
-        if counts == _NO_COUNTS:
-            counts_field = _BLANK_COUNTS
-            has_usage = False
-        else:
-            counts = [
-                c if c is None or (type(c) is int and 0 <= c < _MAX_COUNT) else _count(c) for c in counts
-            ]
-            has_usage = counts != _NO_COUNTS
-            counts_field = _COUNTS_FORMAT % tuple("" if c is None else c for c in counts)
-        if cost is not None:
-            cost = _cost(cost)
-        if model is not None and type(model) is not str:
-            model = str(model)
-        texts = [session, user, model, provider, operation]
-        if (
-            not (session is None or type(session) is str)
-            or not (user is None or type(user) is str)
-            or not (
-                (provider is None or type(provider) is str) and (operation is None or type(operation) is str)
-            )
-        ):
-            texts = [None if v is None else str(v) for v in texts]
-        span_type = _span_type(attrs, model, has_usage)
-
         # The SDK's events/links properties copy under a lock even when empty; look first.
         raw_events = getattr(span, "_events", None)
         span_events = span.events if raw_events is None or len(raw_events) else ()
@@ -237,7 +197,7 @@ class SpanMapper:
             input_text = output_text = None
         message = status.description
         version = None if scope is None else scope.version
-        optional = [message, events, links, input_text, output_text, version, *texts]
+        optional = [message, events, links, input_text, output_text, version]
         flags = (parent is None or parent.is_remote) | sum(
             bit for bit, value in zip(_OPTIONAL_BITS, optional, strict=True) if value is not None
         )
@@ -250,10 +210,9 @@ class SpanMapper:
         return [
             f"{flags:04d}{ctx.trace_id:032x}{ctx.span_id:016x}"
             f"{_BLANK[16] if parent is None else format(parent.span_id, '016x')}"
-            f"{span.kind.value}{status.status_code.value}{_TYPE_CODE[span_type]}{span.start_time:020d}"
+            f"{span.kind.value}{status.status_code.value}{_span_type(attrs)}{span.start_time:020d}"
             f"{_BLANK[20] if end is None else format(end, '020d')}"
             f"{_BLANK[10] if resource_id is None else format(resource_id, '010d')}"
-            f"{counts_field}{_BLANK[24] if cost is None else format(cost, '24.17g')}"
             f"{len(name):06d}{name}{len(scope_name):06d}{scope_name}",
             attrs or None,
             *optional,
@@ -295,50 +254,19 @@ def _attributes(span: ReadableSpan) -> dict[str, Any]:
     return {}
 
 
-def _text(value: Any) -> str | None:
-    if value is None or isinstance(value, str):
-        return value
-    return str(value)
-
-
-def _count(value: Any) -> int | None:
-    """A token count: a non-negative whole number (int, integral float or digits), else None."""
-    if value is None or isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value if 0 <= value < _MAX_COUNT else None
-    if isinstance(value, float):
-        return int(value) if math.isfinite(value) and 0 <= value < _MAX_COUNT else None
-    if isinstance(value, str):
-        text = value.strip()
-        return int(text) if text.isdigit() and len(text) < 19 else None
-    return None
-
-
-def _cost(value: Any) -> float | None:
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        cost = float(value)
-    except (TypeError, ValueError):
-        return None
-    return cost if math.isfinite(cost) and cost >= 0 else None
-
-
-def _span_type(attrs: Mapping[str, Any], model: str | None, has_usage: bool) -> str:
+def _span_type(attrs: Mapping[str, Any]) -> str:
+    """The span type's code in SPAN_TYPES when its keys tell; a blank leaves it to SQL, which also
+    knows the model and usage (a model call of an unknown dialect is an llm span)."""
     get = attrs.get
     for key, types in TYPE_BY_KEY:
         value = get(key)
         if value is not None:
             found = types.get(str(value).lower())
             if found is not None:
-                return found
+                return _TYPE_CODE[found]
     if get("gen_ai.tool.name") is not None:
-        return "tool"
-    # An unknown dialect's model call: a model name plus usage is an LLM call by any reading.
-    if model is not None and has_usage:
-        return "llm"
-    return "span"
+        return _TYPE_CODE["tool"]
+    return " "
 
 
 def _events(events: Sequence[Any], capture: bool) -> list[dict[str, Any]]:

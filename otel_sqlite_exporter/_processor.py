@@ -249,6 +249,11 @@ class SQLiteSpanProcessor(SpanProcessor):
             for batch in batches:
                 for marker in batch.flushes:
                     marker.done.set()
+            if self._writer is not None:
+                try:
+                    self._writer.checkpoint(idle=not self._prepared)
+                except Exception as exc:  # noqa: BLE001 - a checkpoint can wait for the next one
+                    self._health.failure(exc, lost=0)
         if self._writer is not None:
             self._writer.close()
             self._writer = None

@@ -29,9 +29,11 @@ from otel_sqlite_exporter._normalize import (
     KIND_NAMES,
     OPTIONAL_FLAGS,
     ROW_ELEMENTS,
+    SLOT_KEYS,
     SPAN_TYPES,
     STATUS_NAMES,
     SpanMapper,
+    attribute_key_rows,
     encode_rows,
 )
 from otel_sqlite_exporter._pricing import PriceTable
@@ -40,6 +42,7 @@ from otel_sqlite_exporter._schema import connect
 logger = logging.getLogger("otel_sqlite_exporter")
 
 _TOKENS = COUNT_SLOTS
+_SLOTS = tuple(SLOT_KEYS)
 _ELEMENT = {name: index for index, name in enumerate(ROW_ELEMENTS)}
 
 # -- step 1: stage the batch and normalise it ----------------------------------------------------
@@ -71,11 +74,13 @@ _STAGED_FROM_ROW = {
 # -- per-connection scratch space -----------------------------------------------------------------
 
 _SCRATCH = (
+    """CREATE TEMP TABLE attribute_keys (
+        key TEXT, slot INTEGER, rank INTEGER, kind TEXT, PRIMARY KEY (key, slot)) WITHOUT ROWID""",
     """CREATE TEMP TABLE prices (
         model TEXT PRIMARY KEY,
         input REAL, output REAL, cache_read REAL, cache_write REAL, reasoning REAL)""",
     f"""CREATE TEMP TABLE staged_spans (
-        {", ".join(_STAGED_FROM_ROW)})""",
+        {", ".join((*_STAGED_FROM_ROW, *_SLOTS))})""",
     "CREATE INDEX temp.staged_spans_by_key ON staged_spans (trace_id, span_id)",
     """CREATE TEMP TABLE staged_traces (
         trace_id TEXT PRIMARY KEY, explicit_session TEXT, session_rank INTEGER,
@@ -85,6 +90,15 @@ _SCRATCH = (
     "CREATE TEMP TABLE ancestors (trace_id, span_id, PRIMARY KEY (trace_id, span_id))",
 )
 
+_count = """CASE
+        WHEN a.type = 'integer' AND a.atom >= 0 AND a.atom < 1000000000000000000 THEN a.atom
+        WHEN a.type = 'real' AND a.atom >= 0 AND a.atom < 1e18 THEN CAST(a.atom AS INTEGER)
+        WHEN a.type = 'text' AND trim(a.atom) != '' AND trim(a.atom) NOT GLOB '*[^0-9]*'
+             AND length(trim(a.atom)) < 19 THEN CAST(trim(a.atom) AS INTEGER) END"""
+_cost = """CASE
+        WHEN a.type IN ('integer', 'real') AND a.atom >= 0 THEN CAST(a.atom AS REAL)
+        WHEN a.type = 'text' AND trim(a.atom) GLOB '[0-9]*' AND trim(a.atom) NOT GLOB '*[^0-9.eE+-]*'
+             THEN CAST(trim(a.atom) AS REAL) END"""
 _STAGE_TRIGGER = f"""
 CREATE TEMP TRIGGER stage_batch INSTEAD OF INSERT ON stage_batch BEGIN
     -- LIMIT -1 OFFSET 0 keeps SQLite from inlining the subquery, which would read the head
@@ -92,6 +106,17 @@ CREATE TEMP TRIGGER stage_batch INSTEAD OF INSERT ON stage_batch BEGIN
     INSERT INTO staged_spans ({", ".join(_STAGED_FROM_ROW)})
     SELECT {", ".join(_STAGED_FROM_ROW.values())}
     FROM (SELECT value, value ->> 0 AS head FROM json_each(NEW.payload) LIMIT -1 OFFSET 0);
+    -- The normalisation table: for each column, the best-ranked key present on the span wins.
+    UPDATE staged_spans SET ({", ".join(_SLOTS)}) = (
+        SELECT {", ".join(f"max(v) FILTER (WHERE slot = {i})" for i in range(len(_SLOTS)))}
+        FROM (
+            SELECT k.slot AS slot, min(k.rank),
+                   CASE k.kind WHEN 'count' THEN {_count} WHEN 'cost' THEN {_cost}
+                       ELSE CAST(a.atom AS TEXT) END AS v
+            FROM json_each(staged_spans.attributes) AS a JOIN attribute_keys AS k ON k.key = a.key
+            WHERE a.type NOT IN ('null', 'array', 'object') AND a.atom != ''
+            GROUP BY k.slot))
+    WHERE attributes IS NOT NULL;
 END"""
 _NEW_MODELS = """
 SELECT DISTINCT model FROM temp.staged_spans
@@ -110,7 +135,11 @@ _priced = f"""(SELECT round((
         + max(0, {_z["output_tokens"]} - {_z["reasoning_tokens"]}) * p.output
         + {_z["reasoning_tokens"]} * coalesce(p.reasoning, p.output)) / 1000000.0, 10)
     FROM prices AS p WHERE p.model = s.model)"""
-_span_type = "CASE s.type_code " + " ".join(f"WHEN {i} THEN '{t}'" for i, t in enumerate(SPAN_TYPES)) + " END"
+_span_type = f"""coalesce(
+        CASE s.type_code {" ".join(f"WHEN {i} THEN '{t}'" for i, t in enumerate(SPAN_TYPES))} END,
+        -- An unknown dialect's model call: a model name plus usage is an LLM call by any reading.
+        CASE WHEN s.model IS NOT NULL AND ({_has_tokens}) THEN 'llm' END,
+        'span')"""
 _kind = "CASE s.kind_code " + " ".join(f"WHEN {i} THEN '{n}'" for i, n in enumerate(KIND_NAMES)) + " END"
 _status = (
     "CASE s.status_code " + " ".join(f"WHEN {i} THEN '{n}'" for i, n in enumerate(STATUS_NAMES)) + " END"
@@ -312,6 +341,9 @@ _CLEAR = tuple(
 
 # -- session() blocks --------------------------------------------------------------------------------
 
+# Under sustained load the log is checkpointed after about this much batch data (~64 MiB).
+_CHECKPOINT_AFTER_CHARS = 64 * 1024 * 1024
+
 _OPEN_SESSION = """
 INSERT INTO sessions (session_id, task, user_id, start_time_unix_nano, managed, status)
 VALUES (:session_id, :task, :user_id, :time, 1, 'running')
@@ -350,6 +382,10 @@ class TraceWriter:
         self._conn = connect(options.path, busy_timeout_millis=options.busy_timeout_millis)
         for statement in _PIPELINE:
             self._conn.execute(statement)
+        # Checkpoints run when the writer has a moment (see checkpoint()), not inside a commit: a
+        # page rewritten by many batches is then copied back into the file once.
+        self._conn.execute("PRAGMA wal_autocheckpoint = 0")
+        self._conn.executemany("INSERT INTO temp.attribute_keys VALUES (?, ?, ?, ?)", attribute_key_rows())
         if options.retention_days is not None:
             self._conn.execute(
                 "INSERT INTO settings (key, value) VALUES ('retention_days', ?) "
@@ -359,6 +395,7 @@ class TraceWriter:
         self._prices: PriceTable = options.prices
         self._busy_timeout_millis = options.busy_timeout_millis
         self._resources_conn: sqlite3.Connection | None = None
+        self._unchecked = 0  # characters of batches committed since the last checkpoint
         self._mapper = SpanMapper(options, self._resource_id)
         #: Spans skipped because they could not be mapped at all (a bug worth reporting).
         self.unmappable = 0
@@ -370,6 +407,7 @@ class TraceWriter:
         """
         payload = self.prepare(spans)
         self.commit([payload] if payload is not None else [], events)
+        self.checkpoint(idle=False)
 
     def prepare(self, spans: Iterable[ReadableSpan]) -> str | None:
         """The batch document for :meth:`commit` (None for no spans). Needs the GIL; may run in
@@ -397,6 +435,7 @@ class TraceWriter:
                 conn.execute(_WALK_UP)
             conn.execute("INSERT INTO temp.finish_batch (go) VALUES (1)")
             conn.execute("COMMIT")
+            self._unchecked += sum(len(p) for p in payloads) or 1
         except BaseException:
             self._rollback()
             raise
@@ -417,6 +456,13 @@ class TraceWriter:
                             "otel-sqlite-exporter could not map span %r; it is skipped", span.name
                         )
             return rows
+
+    def checkpoint(self, *, idle: bool) -> None:
+        """Copy the write-ahead log back into the file, without waiting for readers (PASSIVE):
+        whenever the writer is ``idle``, and under sustained load once enough was written."""
+        if self._unchecked and (idle or self._unchecked > _CHECKPOINT_AFTER_CHARS):
+            self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            self._unchecked = 0
 
     def _price_new_models(self) -> None:
         # Usually no rows: each model name is priced once per connection.
