@@ -59,7 +59,7 @@ def is_content_key(key: str) -> bool:
 
 # Keys present on every span that carries content (flattened messages start at index 0):
 # checking them spares the full scan on the many spans that carry no content at all.
-CONTENT_MARKERS = CONTENT_KEYS | {
+_CONTENT_MARKERS = CONTENT_KEYS | {
     "llm.input_messages.0.message.role",
     "llm.input_messages.0.message.content",
     "llm.output_messages.0.message.role",
@@ -75,7 +75,7 @@ def extract_text(
     attrs: Mapping[str, Any], events: Sequence[Any], limit: int
 ) -> tuple[str | None, str | None]:
     """The span's (input_text, output_text), each cut to ``limit`` characters, or None where absent."""
-    if not events and CONTENT_MARKERS.isdisjoint(attrs):
+    if not events and _CONTENT_MARKERS.isdisjoint(attrs):
         return None, None
     flat: dict[str, dict[str, Any]] | None = None
     text_in = _messages_text(attrs.get("gen_ai.input.messages"), attrs.get("gen_ai.system_instructions"))

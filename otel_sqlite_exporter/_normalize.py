@@ -17,7 +17,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind
 
 from otel_sqlite_exporter._config import Options
-from otel_sqlite_exporter._content import CONTENT_MARKERS, extract_text, is_content_key
+from otel_sqlite_exporter._content import extract_text, is_content_key
 
 # The normalisation table. For each column the first key present on the span wins.
 SESSION_KEYS = (
@@ -156,7 +156,7 @@ STATUS_NAMES = ("UNSET", "OK", "ERROR")
 # A JSON column larger than this has its longest strings shortened so one span cannot exhaust the writer.
 MAX_JSON_CHARS = 8 * 1024 * 1024
 _SURROGATE = re.compile("[\ud800-\udfff]")
-_BLANK = {width: " " * width for width in (10, 16, 19, 20, 24)}
+_BLANK = {width: " " * width for width in (10, 16, 20)}
 _OPTIONAL_BITS = tuple(OPTIONAL_FLAGS.values())
 _TYPE_CODE = {span_type: str(code) for code, span_type in enumerate(SPAN_TYPES)}
 
@@ -164,8 +164,9 @@ _TYPE_CODE = {span_type: str(code) for code, span_type in enumerate(SPAN_TYPES)}
 class SpanMapper:
     """Turns spans into staged rows (``ROW_ELEMENTS``); the normalising itself happens in SQL.
 
-    This runs on the writer thread but holds the GIL while it does, so it does only what SQL
-    cannot: read the span objects, and render prompt/completion text for spans that carry any.
+    This runs on the processor's mapping thread holding the GIL, which the traced application
+    needs too, so it does only what SQL cannot: read the span objects, tell the span type from its
+    keys, and render prompt/completion text for spans that carry any.
     """
 
     def __init__(self, options: Options, resource_id: Callable[[str, str | None, str | None], int]) -> None:
@@ -191,7 +192,7 @@ class SpanMapper:
         span_links = span.links if raw_links is None or len(raw_links) else ()
         events = _events(span_events, self._capture) if span_events else None
         links = _links(span_links) if span_links else None
-        if self._capture and (span_events or not CONTENT_MARKERS.isdisjoint(attrs)):
+        if self._capture:
             input_text, output_text = extract_text(attrs, span_events, self._limit)
         else:
             input_text = output_text = None

@@ -54,7 +54,7 @@ def _head_field(field: str, at: int, width: int) -> str:
         return text
     if field == "parent_span_id":
         return f"nullif(trim({text}), '')"
-    return f"CAST(nullif(trim({text}), '') AS {'REAL' if field == 'explicit_cost' else 'INTEGER'})"
+    return f"CAST(nullif(trim({text}), '') AS INTEGER)"
 
 
 _name_length = f"CAST(substr(head, {HEAD_NAME_AT}, 6) AS INTEGER)"
@@ -71,6 +71,7 @@ _STAGED_FROM_ROW = {
         for name, bit in OPTIONAL_FLAGS.items()
     },
 }
+
 # -- per-connection scratch space -----------------------------------------------------------------
 
 _SCRATCH = (

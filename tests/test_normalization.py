@@ -1137,3 +1137,33 @@ def test_plain_span_is_span(db: TraceFile) -> None:
     assert row["kind"] == "server"
     for column in ("model", "provider", "operation", "input_tokens", "cost_usd", "input_text", "output_text"):
         assert row[column] is None, column
+
+
+@pytest.mark.parametrize(
+    ("model", "usage"),
+    [
+        ("gpt-4o-2024-08-06", (1000, 200, 400, 0, 0)),
+        ("claude-sonnet-4-5-20250929", (5000, 700, 1200, 800, 0)),
+        ("o3-mini", (300, 900, 0, 0, 650)),
+        ("gemini-2.5-flash", (12, 3, None, None, None)),
+        ("gpt-4o-mini", (0, 0, 0, 0, 0)),
+    ],
+)
+def test_stored_cost_equals_price_table_cost(
+    db: TraceFile, model: str, usage: tuple[int | None, ...]
+) -> None:
+    """The writer prices in SQL; it must agree with PriceTable.cost() to the last digit kept."""
+    keys = (
+        "gen_ai.usage.input_tokens",
+        "gen_ai.usage.output_tokens",
+        "gen_ai.usage.cache_read.input_tokens",
+        "gen_ai.usage.cache_write.input_tokens",
+        "gen_ai.usage.reasoning.output_tokens",
+    )
+    attributes: dict[str, Any] = {"gen_ai.response.model": model}
+    attributes.update({k: v for k, v in zip(keys, usage, strict=True) if v is not None})
+    row = db.record("chat", attributes=attributes)
+    names = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
+    expected = PriceTable().cost(model, **dict(zip(names, usage, strict=True)))
+    assert expected is not None
+    assert row["cost_usd"] == pytest.approx(expected, rel=1e-12, abs=1e-12)
