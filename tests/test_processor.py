@@ -10,7 +10,6 @@ import logging
 import os
 import re
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -19,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
+from helpers import query
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExportResult
@@ -28,14 +28,6 @@ from otel_sqlite_exporter import ConfigurationError, SQLiteSpanExporter, SQLiteS
 
 LOGGER = "otel_sqlite_exporter"
 REASON = re.compile(r"cannot|unable|not a directory|read-only|readonly", re.IGNORECASE)
-
-
-def query(path: Path, sql: str, params: Sequence[object] = ()) -> list[tuple]:
-    conn = sqlite3.connect(path)
-    try:
-        return conn.execute(sql, tuple(params)).fetchall()
-    finally:
-        conn.close()
 
 
 def tracer_for(processor: SQLiteSpanProcessor) -> tuple[TracerProvider, trace.Tracer]:

@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+from helpers import query
 from opentelemetry.sdk.trace import TracerProvider
 
 import otel_sqlite_exporter
@@ -68,14 +69,6 @@ def write_trace(path: Path, *, name: str = "root", child: str = "child", **attri
         assert processor.force_flush(10_000)
     finally:
         provider.shutdown()
-
-
-def query(path: Path, sql: str, params: tuple[object, ...] = ()) -> list[tuple]:
-    conn = sqlite3.connect(path)
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
 
 
 def sha256(path: Path) -> str:

@@ -10,7 +10,6 @@ import asyncio
 import contextvars
 import itertools
 import random
-import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import query
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -57,14 +57,6 @@ def usage(
     if cost is not None:
         attrs[USAGE_KEYS["cost_usd"]] = cost
     return attrs
-
-
-def query(path: Path, sql: str, params: Sequence[object] = ()) -> list[tuple]:
-    conn = sqlite3.connect(path)
-    try:
-        return conn.execute(sql, tuple(params)).fetchall()
-    finally:
-        conn.close()
 
 
 def rollup(path: Path, table: str, key: str) -> dict[str, Any]:
