@@ -12,7 +12,6 @@ overlap; prepared documents are plain strings, bounded in total size.
 from __future__ import annotations
 
 import collections
-import logging
 import os
 import threading
 import time
@@ -34,8 +33,6 @@ from otel_sqlite_exporter._session import (
     remove_listener,
 )
 from otel_sqlite_exporter._writer import SessionEvent, TraceWriter
-
-logger = logging.getLogger("otel_sqlite_exporter")
 
 # Start rows give way first when the queue fills: a lost start row only delays when a span
 # becomes visible, while a lost end would leave it looking unfinished.
@@ -77,7 +74,7 @@ class SQLiteSpanProcessor(SpanProcessor):
         self._shutdown = False
         self._writer: TraceWriter | None = None
         self._open_lock = threading.Lock()
-        self._start_thread()
+        self._start_threads()
         add_listener(self)
         _register_fork_handler(self)
 
@@ -162,7 +159,7 @@ class SQLiteSpanProcessor(SpanProcessor):
 
     # -- the background threads -------------------------------------------------------------------
 
-    def _start_thread(self) -> None:
+    def _start_threads(self) -> None:
         self._wake = threading.Event()
         self._prepared: collections.deque[_Batch | None] = collections.deque()
         self._prepared_bytes = 0
@@ -294,7 +291,7 @@ class SQLiteSpanProcessor(SpanProcessor):
         self._drop_lock = threading.Lock()
         self._health = WriteHealth(self.options.path)
         if not self._shutdown:
-            self._start_thread()
+            self._start_threads()
 
 
 @dataclass(frozen=True, slots=True)
