@@ -136,7 +136,7 @@ def attribute_key_rows() -> list[tuple[str, int, int, str]]:
 ROW_ELEMENTS = ("head", "attributes", *(OPTIONAL := ("status_message", "events", "links", "input_text",
                 "output_text", "scope_version")))  # fmt: skip
 FLAG_ROOT = 1  # no parent, or a parent in another process
-OPTIONAL_FLAGS = {name: 2 << index for index, name in enumerate(OPTIONAL)}
+OPTIONAL_FLAGS = {name: 2 << index for index, name in enumerate(OPTIONAL)}  # see SpanMapper.row
 # (field, first character (1-based), width); blanks mean NULL.
 HEAD_LAYOUT = (
     ("flags", 1, 4),
@@ -157,7 +157,7 @@ STATUS_NAMES = ("UNSET", "OK", "ERROR")
 MAX_JSON_CHARS = 8 * 1024 * 1024
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _BLANK = {width: " " * width for width in (10, 16, 20)}
-_OPTIONAL_BITS = tuple(OPTIONAL_FLAGS.values())
+_TYPE_KEYS = frozenset(key for key, _ in TYPE_BY_KEY) | {"gen_ai.tool.name"}
 _TYPE_CODE = {span_type: str(code) for code, span_type in enumerate(SPAN_TYPES)}
 
 
@@ -198,9 +198,15 @@ class SpanMapper:
             input_text = output_text = None
         message = status.description
         version = None if scope is None else scope.version
-        optional = [message, events, links, input_text, output_text, version]
-        flags = (parent is None or parent.is_remote) | sum(
-            bit for bit, value in zip(_OPTIONAL_BITS, optional, strict=True) if value is not None
+        # Bits as OPTIONAL_FLAGS lists them (spelled out: this line runs for every span).
+        flags = (
+            (parent is None or parent.is_remote)
+            | (message is not None) << 1
+            | (events is not None) << 2
+            | (links is not None) << 3
+            | (input_text is not None) << 4
+            | (output_text is not None) << 5
+            | (version is not None) << 6
         )
         resource = span.resource
         cached = self._resources.get(id(resource))
@@ -211,12 +217,18 @@ class SpanMapper:
         return [
             f"{flags:04d}{ctx.trace_id:032x}{ctx.span_id:016x}"
             f"{_BLANK[16] if parent is None else format(parent.span_id, '016x')}"
-            f"{span.kind.value}{status.status_code.value}{_span_type(attrs)}{span.start_time:020d}"
+            # Enum members' _value_ is a plain attribute; .value goes through a descriptor.
+            f"{span.kind._value_}{status.status_code._value_}{_span_type(attrs)}{span.start_time:020d}"
             f"{_BLANK[20] if end is None else format(end, '020d')}"
             f"{_BLANK[10] if resource_id is None else format(resource_id, '010d')}"
             f"{len(name):06d}{name}{len(scope_name):06d}{scope_name}",
             attrs or None,
-            *optional,
+            message,
+            events,
+            links,
+            input_text,
+            output_text,
+            version,
         ]
 
     def _resource(self, resource: Any) -> int | None:
@@ -258,6 +270,8 @@ def _attributes(span: ReadableSpan) -> dict[str, Any]:
 def _span_type(attrs: Mapping[str, Any]) -> str:
     """The span type's code in SPAN_TYPES when its keys tell; a blank leaves it to SQL, which also
     knows the model and usage (a model call of an unknown dialect is an llm span)."""
+    if _TYPE_KEYS.isdisjoint(attrs):
+        return " "
     get = attrs.get
     for key, types in TYPE_BY_KEY:
         value = get(key)
