@@ -49,24 +49,29 @@ _ELEMENT = {name: index for index, name in enumerate(ROW_ELEMENTS)}
 
 
 def _head_field(field: str, at: int, width: int) -> str:
+    # Numbers are zero-padded and an absent field is all blanks: no trimming needed.
     text = f"substr(head, {at}, {width})"
+    if field == "flags":
+        return "flags"  # parsed once per row, below
     if field in ("trace_id", "span_id"):
         return text
+    blank = " " * width
     if field == "parent_span_id":
-        return f"nullif(trim({text}), '')"
-    return f"CAST(nullif(trim({text}), '') AS INTEGER)"
+        return f"nullif({text}, '{blank}')"
+    if field in ("type_code", "end_time_unix_nano", "resource_id"):
+        return f"CAST(nullif({text}, '{blank}') AS INTEGER)"
+    return f"CAST({text} AS INTEGER)"
 
 
 _name_length = f"CAST(substr(head, {HEAD_NAME_AT}, 6) AS INTEGER)"
 _scope_at = f"{HEAD_NAME_AT + 6} + {_name_length}"
-_flags = "CAST(substr(head, 1, 4) AS INTEGER)"
 _STAGED_FROM_ROW = {
     **{field: _head_field(field, at, width) for field, at, width in HEAD_LAYOUT},
     "name": f"substr(head, {HEAD_NAME_AT + 6}, {_name_length})",
     "scope_name": f"nullif(substr(head, {_scope_at} + 6, CAST(substr(head, {_scope_at}, 6) AS INTEGER)), '')",
     "attributes": "nullif(value -> 1, 'null')",
     **{
-        name: f"CASE WHEN {_flags} & {bit} THEN value {'->' if name in ('events', 'links') else '->>'} "
+        name: f"CASE WHEN flags & {bit} THEN value {'->' if name in ('events', 'links') else '->>'} "
         f"{_ELEMENT[name]} END"
         for name, bit in OPTIONAL_FLAGS.items()
     },
@@ -102,11 +107,14 @@ _cost = """CASE
              THEN CAST(trim(a.atom) AS REAL) END"""
 _STAGE_TRIGGER = f"""
 CREATE TEMP TRIGGER stage_batch INSTEAD OF INSERT ON stage_batch BEGIN
-    -- LIMIT -1 OFFSET 0 keeps SQLite from inlining the subquery, which would read the head
-    -- element again for every column taken from it.
+    -- LIMIT -1 OFFSET 0 keeps SQLite from inlining the subqueries, which would read the head
+    -- element (and parse the flags) again for every column taken from it.
     INSERT INTO staged_spans ({", ".join(_STAGED_FROM_ROW)})
     SELECT {", ".join(_STAGED_FROM_ROW.values())}
-    FROM (SELECT value, value ->> 0 AS head FROM json_each(NEW.payload) LIMIT -1 OFFSET 0);
+    FROM (
+        SELECT value, head, CAST(substr(head, 1, 4) AS INTEGER) AS flags
+        FROM (SELECT value, value ->> 0 AS head FROM json_each(NEW.payload) LIMIT -1 OFFSET 0)
+        LIMIT -1 OFFSET 0);
     -- The normalisation table: for each column, the best-ranked key present on the span wins.
     UPDATE staged_spans SET ({", ".join(_SLOTS)}) = (
         SELECT {", ".join(f"max(v) FILTER (WHERE slot = {i})" for i in range(len(_SLOTS)))}
