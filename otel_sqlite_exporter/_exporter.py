@@ -12,6 +12,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from otel_sqlite_exporter._config import Options
+from otel_sqlite_exporter._fork import on_fork
 from otel_sqlite_exporter._health import WriteHealth, abandon
 from otel_sqlite_exporter._writer import TraceWriter
 
@@ -31,6 +32,13 @@ class SQLiteSpanExporter(SpanExporter):
         self._lock = threading.Lock()
         self._health = WriteHealth(self.options.path)
         self._shutdown = False
+        # export() runs inside SQLite under the lock; fork() waits for it (see _fork).
+        on_fork(
+            self,
+            before=lambda exporter: exporter._lock.acquire(),
+            after_in_parent=lambda exporter: exporter._lock.release(),
+            after_in_child=SQLiteSpanExporter._after_fork_in_child,
+        )
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         if self._shutdown:
@@ -60,12 +68,14 @@ class SQLiteSpanExporter(SpanExporter):
         """``written`` and ``failed`` spans, ``errors`` (failed exports) and the ``last_error``."""
         return self._health.stats()
 
+    def _after_fork_in_child(self) -> None:
+        # The parent's connection is not ours to use or close: keep it untouched, open our own.
+        self._lock = threading.Lock()
+        abandon(self._writer)
+        self._writer = None
+        self._pid = os.getpid()
+
     def _open(self) -> TraceWriter:
-        if self._pid != os.getpid():
-            # A forked child must not touch the parent's connection: abandon it, open our own.
-            abandon(self._writer)
-            self._writer = None
-            self._pid = os.getpid()
         if self._writer is None:
             self._writer = TraceWriter(self.options)
         return self._writer

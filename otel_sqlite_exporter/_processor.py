@@ -15,7 +15,6 @@ import collections
 import os
 import threading
 import time
-import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +23,7 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
 from otel_sqlite_exporter import _session
 from otel_sqlite_exporter._config import Options
+from otel_sqlite_exporter._fork import on_fork
 from otel_sqlite_exporter._health import WriteHealth, abandon
 from otel_sqlite_exporter._session import (
     SESSION_ATTRIBUTE,
@@ -76,7 +76,12 @@ class SQLiteSpanProcessor(SpanProcessor):
         self._open_lock = threading.Lock()
         self._start_threads()
         add_listener(self)
-        _register_fork_handler(self)
+        on_fork(
+            self,
+            before=SQLiteSpanProcessor._before_fork,
+            after_in_parent=SQLiteSpanProcessor._after_fork_in_parent,
+            after_in_child=SQLiteSpanProcessor._after_fork_in_child,
+        )
 
     # -- the application thread: enqueue and return ----------------------------------------------
 
@@ -220,10 +225,28 @@ class SQLiteSpanProcessor(SpanProcessor):
             self._prepared_cv.notify_all()
 
     def _take(self) -> tuple[list[_Batch], bool]:
-        """The batches waiting (up to one transaction's worth), and whether the mapper has finished."""
+        """The batches waiting (up to one transaction's worth), and whether the mapper has finished.
+
+        Each transaction costs the committer a few waits for the GIL, so it gathers half a
+        transaction's worth first, unless a flush or the end is waiting, or the schedule delay
+        has passed since the first batch arrived.
+        """
+        wanted = self.options.max_batch_size // 2
+        delay = self.options.schedule_delay_millis / 1000
         with self._prepared_cv:
-            while not self._prepared:
-                self._prepared_cv.wait()
+            deadline: float | None = None
+            while True:
+                prepared = self._prepared
+                if prepared:
+                    if deadline is None:
+                        deadline = time.monotonic() + delay
+                    if (
+                        time.monotonic() >= deadline
+                        or sum(b.count for b in prepared if b is not None) >= wanted
+                        or any(b is None or b.flushes for b in prepared)
+                    ):
+                        break
+                self._prepared_cv.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
             taken: list[_Batch] = []
             count = 0
             while self._prepared and count < self.options.max_batch_size:
@@ -281,6 +304,17 @@ class SQLiteSpanProcessor(SpanProcessor):
                 self._writer = TraceWriter(self.options)
             return self._writer
 
+    def _before_fork(self) -> None:
+        # Wait until neither thread is inside SQLite (opening the file, or writing to it).
+        self._open_lock.acquire()
+        if self._writer is not None:
+            self._writer.busy.acquire()
+
+    def _after_fork_in_parent(self) -> None:
+        if self._writer is not None:
+            self._writer.busy.release()
+        self._open_lock.release()
+
     def _after_fork_in_child(self) -> None:
         # The parent still owns its queue, threads and connections; the child starts clean.
         abandon(self._writer)
@@ -300,16 +334,3 @@ class _Batch:
     events: list[SessionEvent]
     flushes: list[_Flush]
     count: int  # span events in the batch
-
-
-def _register_fork_handler(processor: SQLiteSpanProcessor) -> None:
-    if not hasattr(os, "register_at_fork"):
-        return
-    ref = weakref.ref(processor)
-
-    def after_in_child() -> None:
-        alive = ref()
-        if alive is not None:
-            alive._after_fork_in_child()
-
-    os.register_at_fork(after_in_child=after_in_child)

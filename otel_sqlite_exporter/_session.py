@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import os
 import threading
 import time
 import uuid
@@ -34,6 +35,16 @@ _listeners: weakref.WeakSet[Any] = weakref.WeakSet()
 # Blocks open in any thread or task: while there are none, span starts skip the context lookup.
 _open_blocks = 0
 _open_lock = threading.Lock()
+
+
+def _new_lock_in_child() -> None:
+    # A block may have been entering or leaving in another thread at the moment of fork.
+    global _open_lock
+    _open_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_lock_in_child)
 
 
 def any_open() -> bool:

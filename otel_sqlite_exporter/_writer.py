@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -405,6 +406,8 @@ class TraceWriter:
         self._busy_timeout_millis = options.busy_timeout_millis
         self._resources_conn: sqlite3.Connection | None = None
         self._unchecked = 0  # characters of batches committed since the last checkpoint
+        #: Held whenever this writer is inside SQLite, so that fork() can wait for a safe moment.
+        self.busy = threading.Lock()
         self._mapper = SpanMapper(options, self._resource_id)
         #: Spans skipped because they could not be mapped at all (a bug worth reporting).
         self.unmappable = 0
@@ -428,6 +431,10 @@ class TraceWriter:
         """Write prepared batches (and session events) in one transaction, in order."""
         if not payloads and not events:
             return
+        with self.busy:
+            self._commit(payloads, events)
+
+    def _commit(self, payloads: Sequence[str], events: Sequence[SessionEvent]) -> None:
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -470,7 +477,8 @@ class TraceWriter:
         """Copy the write-ahead log back into the file, without waiting for readers (PASSIVE):
         whenever the writer is ``idle``, and under sustained load once enough was written."""
         if self._unchecked and (idle or self._unchecked > _CHECKPOINT_AFTER_CHARS):
-            self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            with self.busy:
+                self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
             self._unchecked = 0
 
     def _price_new_models(self) -> None:
@@ -501,16 +509,17 @@ class TraceWriter:
     def _resource_id(self, attributes: str, schema_url: str | None, service_name: str | None) -> int:
         # Called while mapping, which may overlap a commit in another thread: resources get a
         # connection of their own. A resource row is harmless on its own, so it commits at once.
-        if self._resources_conn is None:
-            self._resources_conn = connect(self.path, busy_timeout_millis=self._busy_timeout_millis)
         key = (attributes, schema_url or "")
-        self._resources_conn.execute(
-            "INSERT OR IGNORE INTO resources (attributes, schema_url, service_name) VALUES (?, ?, ?)",
-            (*key, service_name),
-        )
-        row = self._resources_conn.execute(
-            "SELECT resource_id FROM resources WHERE attributes = ? AND schema_url = ?", key
-        ).fetchone()
+        with self.busy:
+            if self._resources_conn is None:
+                self._resources_conn = connect(self.path, busy_timeout_millis=self._busy_timeout_millis)
+            self._resources_conn.execute(
+                "INSERT OR IGNORE INTO resources (attributes, schema_url, service_name) VALUES (?, ?, ?)",
+                (*key, service_name),
+            )
+            row = self._resources_conn.execute(
+                "SELECT resource_id FROM resources WHERE attributes = ? AND schema_url = ?", key
+            ).fetchone()
         return int(row[0])
 
     def _rollback(self) -> None:
@@ -523,9 +532,10 @@ class TraceWriter:
             pass
 
     def close(self) -> None:
-        for conn in (self._conn, self._resources_conn):
-            try:
-                if conn is not None:
-                    conn.close()
-            except sqlite3.Error:
-                pass
+        with self.busy:
+            for conn in (self._conn, self._resources_conn):
+                try:
+                    if conn is not None:
+                        conn.close()
+                except sqlite3.Error:
+                    pass
