@@ -133,10 +133,10 @@ def attribute_key_rows() -> list[tuple[str, int, int, str]]:
 # for every element read (~1 us each), so the scalars travel packed in the head, at fixed offsets
 # (HEAD_LAYOUT) or length-prefixed (name, then scope name), and the optional elements are read only
 # when their flag bit is set.
-ROW_ELEMENTS = ("head", "attributes", *(OPTIONAL := ("status_message", "events", "links", "input_text",
-                "output_text", "scope_version")))  # fmt: skip
+OPTIONAL_ELEMENTS = ("status_message", "events", "links", "input_text", "output_text", "scope_version")
+ROW_ELEMENTS = ("head", "attributes", *OPTIONAL_ELEMENTS)
 FLAG_ROOT = 1  # no parent, or a parent in another process
-OPTIONAL_FLAGS = {name: 2 << index for index, name in enumerate(OPTIONAL)}  # see SpanMapper.row
+OPTIONAL_FLAGS = {name: 2 << index for index, name in enumerate(OPTIONAL_ELEMENTS)}  # see SpanMapper.row
 # (field, first character (1-based), width); blanks mean NULL.
 HEAD_LAYOUT = (
     ("flags", 1, 4),

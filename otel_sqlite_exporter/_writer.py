@@ -25,6 +25,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from otel_sqlite_exporter._config import Options
 from otel_sqlite_exporter._normalize import (
     COUNT_SLOTS,
+    FLAG_ROOT,
     HEAD_LAYOUT,
     HEAD_NAME_AT,
     KIND_NAMES,
@@ -179,7 +180,7 @@ _SPAN_DATA = {
     "resource_id": "s.resource_id",
     "scope_name": "s.scope_name",
     "scope_version": "s.scope_version",
-    "is_root": "s.flags & 1",
+    "is_root": f"s.flags & {FLAG_ROOT}",
     "has_usage": f"({_has_tokens} OR s.explicit_cost IS NOT NULL)",
 }
 _STORE_TRIGGER = f"""
@@ -192,7 +193,7 @@ CREATE TEMP TRIGGER store_batch INSTEAD OF INSERT ON store_batch BEGIN
     LEFT JOIN resources AS r ON r.resource_id = s.resource_id
     LEFT JOIN (
         SELECT trace_id, explicit_session,
-               min(CASE WHEN flags & 1 THEN 0 ELSE start_time_unix_nano END) AS session_rank
+               min(CASE WHEN flags & {FLAG_ROOT} THEN 0 ELSE start_time_unix_nano END) AS session_rank
         FROM staged_spans WHERE explicit_session IS NOT NULL GROUP BY trace_id
     ) AS b ON b.trace_id = s.trace_id
     GROUP BY s.trace_id;
@@ -237,7 +238,7 @@ CREATE TEMP TRIGGER store_batch INSTEAD OF INSERT ON store_batch BEGIN
     INSERT OR IGNORE INTO ancestors (trace_id, span_id)
     SELECT s.trace_id, s.parent_span_id FROM pending_ancestors AS p
     JOIN staged_spans AS s ON s.trace_id = p.trace_id AND s.span_id = p.span_id
-    WHERE s.parent_span_id IS NOT NULL AND NOT s.flags & 1;
+    WHERE s.parent_span_id IS NOT NULL AND NOT s.flags & {FLAG_ROOT};
     DELETE FROM pending_ancestors WHERE (trace_id, span_id) IN (SELECT trace_id, span_id FROM staged_spans);
 END"""
 
@@ -249,7 +250,7 @@ _WALK_UP = f"""
 WITH RECURSIVE up (trace_id, span_id) AS (
     -- The parents of staged spans with usage, and the ancestors seeded by claimed pending marks.
     SELECT trace_id, parent_span_id FROM temp.staged_spans
-    WHERE parent_span_id IS NOT NULL AND NOT flags & 1 AND ({_staged_usage})
+    WHERE parent_span_id IS NOT NULL AND NOT flags & {FLAG_ROOT} AND ({_staged_usage})
     UNION SELECT trace_id, span_id FROM temp.ancestors
     UNION
     SELECT sp.trace_id, sp.parent_span_id
