@@ -28,7 +28,6 @@ class SQLiteSpanExporter(SpanExporter):
     def __init__(self, path: str | os.PathLike[str] | None = None, **options: Any) -> None:
         self.options = Options.resolve(path, options)
         self._writer: TraceWriter | None = None
-        self._pid = os.getpid()
         self._lock = threading.Lock()
         self._health = WriteHealth(self.options.path)
         self._shutdown = False
@@ -55,7 +54,7 @@ class SQLiteSpanExporter(SpanExporter):
     def shutdown(self) -> None:
         with self._lock:
             self._shutdown = True
-            if self._writer is not None and self._pid == os.getpid():
+            if self._writer is not None:
                 self._writer.close()
             self._writer = None
 
@@ -73,7 +72,6 @@ class SQLiteSpanExporter(SpanExporter):
         self._lock = threading.Lock()
         abandon(self._writer)
         self._writer = None
-        self._pid = os.getpid()
 
     def _open(self) -> TraceWriter:
         if self._writer is None:

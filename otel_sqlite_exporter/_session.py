@@ -17,6 +17,7 @@ from typing import Any, Protocol, TypeVar
 
 from opentelemetry import context as otel_context
 
+from otel_sqlite_exporter._exceptions import ConfigurationError
 from otel_sqlite_exporter._writer import SessionEvent
 
 SESSION_ATTRIBUTE = "session.id"
@@ -77,7 +78,7 @@ class session:  # noqa: N801 - a context manager used like a function, as contex
 
     def __init__(self, session_id: str | None = None, *, task: str | None = None, user_id: str | None = None):
         if session_id is not None and (not isinstance(session_id, str) or not session_id):
-            raise ValueError(f"session_id must be a non-empty string, got {session_id!r}")
+            raise ConfigurationError(f"session_id must be a non-empty string, got {session_id!r}")
         self._fixed_id = session_id is not None
         self.session_id: str = session_id or uuid.uuid4().hex
         self.task = task
