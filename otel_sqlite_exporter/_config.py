@@ -63,47 +63,14 @@ class Options:
         if path is not None:
             given["path"] = path
         env = os.environ
-        values: dict[str, Any] = {}
-
+        defaults = {f.name: f.default for f in fields(cls)}
+        values: dict[str, Any] = {
+            name: _pick(given, env, name, variable, parse, defaults[name])
+            for name, variable, parse in _SCALARS
+        }
         values["path"] = _path(given["path"]) if "path" in given else env.get(ENV_PATH) or DEFAULT_PATH
-        values["retention_days"] = _pick(given, env, "retention_days", ENV_RETENTION_DAYS, _int(0), None)
-        values["max_content_length"] = _pick(
-            given, env, "max_content_length", ENV_MAX_CONTENT_LENGTH, _int(0), 4096
-        )
-        values["capture_content"] = _pick(given, env, "capture_content", ENV_CAPTURE_CONTENT, _bool, True)
-        values["max_queue_size"] = _pick(given, env, "max_queue_size", ENV_MAX_QUEUE_SIZE, _int(2), 131_072)
-        values["max_batch_size"] = _pick(given, env, "max_batch_size", ENV_MAX_BATCH_SIZE, _int(1), 16_384)
-        values["schedule_delay_millis"] = _pick(
-            given, env, "schedule_delay_millis", ENV_SCHEDULE_DELAY, _int(1), 200
-        )
-        values["busy_timeout_millis"] = _pick(
-            given, env, "busy_timeout_millis", ENV_BUSY_TIMEOUT, _int(0), 10_000
-        )
         values["prices"] = _prices(given.get("prices"), env.get(ENV_PRICES))
         return cls(**values)
-
-
-def _path(value: object) -> str:
-    if not isinstance(value, (str, os.PathLike)) or not os.fspath(value):
-        raise ConfigurationError(f"path must be a non-empty file path, got {value!r}")
-    return os.fspath(value)  # type: ignore[return-value]
-
-
-def _pick(
-    given: Mapping[str, Any], env: Mapping[str, str], name: str, variable: str, parse: Any, default: Any
-) -> Any:
-    if name in given:
-        try:
-            return parse(given[name])
-        except ValueError as exc:
-            raise ConfigurationError(f"option {name}={given[name]!r}: {exc}") from None
-    raw = env.get(variable)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        return parse(raw.strip())
-    except ValueError as exc:
-        raise ConfigurationError(f"environment variable {variable}={raw!r}: {exc}") from None
 
 
 def _int(minimum: int) -> Any:
@@ -127,6 +94,41 @@ def _bool(value: object) -> bool:
     if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
         return value.lower() in _TRUE
     raise ValueError("expected true or false")
+
+
+# option, environment variable, parser (the defaults are the Options fields').
+_SCALARS = (
+    ("retention_days", ENV_RETENTION_DAYS, _int(0)),
+    ("max_content_length", ENV_MAX_CONTENT_LENGTH, _int(0)),
+    ("capture_content", ENV_CAPTURE_CONTENT, _bool),
+    ("max_queue_size", ENV_MAX_QUEUE_SIZE, _int(2)),
+    ("max_batch_size", ENV_MAX_BATCH_SIZE, _int(1)),
+    ("schedule_delay_millis", ENV_SCHEDULE_DELAY, _int(1)),
+    ("busy_timeout_millis", ENV_BUSY_TIMEOUT, _int(0)),
+)
+
+
+def _path(value: object) -> str:
+    if not isinstance(value, (str, os.PathLike)) or not os.fspath(value):
+        raise ConfigurationError(f"path must be a non-empty file path, got {value!r}")
+    return os.fspath(value)  # type: ignore[return-value]
+
+
+def _pick(
+    given: Mapping[str, Any], env: Mapping[str, str], name: str, variable: str, parse: Any, default: Any
+) -> Any:
+    if name in given:
+        try:
+            return parse(given[name])
+        except ValueError as exc:
+            raise ConfigurationError(f"option {name}={given[name]!r}: {exc}") from None
+    raw = env.get(variable)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return parse(raw.strip())
+    except ValueError as exc:
+        raise ConfigurationError(f"environment variable {variable}={raw!r}: {exc}") from None
 
 
 def _prices(given: object, env_file: str | None) -> PriceTable:

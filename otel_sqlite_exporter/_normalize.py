@@ -320,20 +320,9 @@ def encode_rows(rows: list[list[Any]]) -> str:
     try:
         text = orjson.dumps(rows, default=_default).decode()
     except (TypeError, orjson.JSONEncodeError):
-        return "[" + ",".join(_encode_row(row) for row in rows) + "]"
+        return "[" + ",".join(to_json(row) for row in rows) + "]"
     if len(text) > _ROW_CHECK_CHARS * max(1, len(rows)) // 8:
-        return "[" + ",".join(_encode_row(row) for row in rows) + "]"
-    return text
-
-
-def _encode_row(row: list[Any]) -> str:
-    try:
-        text = orjson.dumps(row, default=_default).decode()
-    except (TypeError, orjson.JSONEncodeError):
-        row = _sanitize(row)
-        text = orjson.dumps(row, default=_default).decode()
-    if len(text) > MAX_JSON_CHARS:
-        text = orjson.dumps(_shorten(_sanitize(row), MAX_JSON_CHARS // 4), default=_default).decode()
+        return "[" + ",".join(to_json(row) for row in rows) + "]"
     return text
 
 

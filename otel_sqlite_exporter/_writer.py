@@ -81,6 +81,9 @@ _STAGED_FROM_ROW = {
 
 # -- per-connection scratch space -----------------------------------------------------------------
 
+# Scratch tables holding one batch; emptied when it commits (or rolls back).
+_BATCH_TABLES = ("staged_spans", "staged_traces", "moved_traces", "touched_sessions", "ancestors")
+
 _SCRATCH = (
     """CREATE TEMP TABLE attribute_keys (
         key TEXT, slot INTEGER, rank INTEGER, kind TEXT, PRIMARY KEY (key, slot)) WITHOUT ROWID""",
@@ -329,11 +332,7 @@ CREATE TEMP TRIGGER finish_batch INSTEAD OF INSERT ON finish_batch BEGIN
         GROUP BY se.session_id
     ) AS a
     WHERE sessions.session_id = a.session_id;
-    DELETE FROM staged_spans;
-    DELETE FROM staged_traces;
-    DELETE FROM moved_traces;
-    DELETE FROM touched_sessions;
-    DELETE FROM ancestors;
+    {" ".join(f"DELETE FROM {name};" for name in _BATCH_TABLES)}
 END"""
 
 _PIPELINE = (
@@ -345,10 +344,7 @@ _PIPELINE = (
     "CREATE TEMP VIEW finish_batch (go) AS SELECT NULL",
     _FINISH_TRIGGER,
 )
-_CLEAR = tuple(
-    f"DELETE FROM temp.{name}"
-    for name in ("staged_spans", "staged_traces", "moved_traces", "touched_sessions", "ancestors")
-)
+_CLEAR = tuple(f"DELETE FROM temp.{name}" for name in _BATCH_TABLES)
 
 # -- session() blocks --------------------------------------------------------------------------------
 
