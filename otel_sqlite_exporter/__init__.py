@@ -11,15 +11,20 @@ from otel_sqlite_exporter._configure import configure
 from otel_sqlite_exporter._exceptions import (
     ConfigurationError,
     NotATraceFileError,
+    NotFoundError,
     OtelSQLiteError,
+    QueryError,
     SchemaVersionError,
     TraceFileError,
 )
 from otel_sqlite_exporter._exporter import SQLiteSpanExporter
 from otel_sqlite_exporter._pricing import ModelPrice, PriceTable
 from otel_sqlite_exporter._processor import SQLiteSpanProcessor
+from otel_sqlite_exporter._query import StoreStats, TraceStore
+from otel_sqlite_exporter._records import ModelUsage, SearchHit, SessionSummary, TraceEntry, TraceSession
 from otel_sqlite_exporter._schema import SCHEMA_VERSION
 from otel_sqlite_exporter._session import session
+from otel_sqlite_exporter._tree import SessionTree, SpanNode, TraceNode
 
 __version__ = "0.1.0"
 
@@ -27,14 +32,26 @@ __all__ = [
     "SCHEMA_VERSION",
     "ConfigurationError",
     "ModelPrice",
+    "ModelUsage",
     "NotATraceFileError",
+    "NotFoundError",
     "Options",
     "OtelSQLiteError",
     "PriceTable",
+    "QueryError",
     "SQLiteSpanExporter",
     "SQLiteSpanProcessor",
     "SchemaVersionError",
+    "SearchHit",
+    "SessionSummary",
+    "SessionTree",
+    "SpanNode",
+    "StoreStats",
+    "TraceEntry",
     "TraceFileError",
+    "TraceNode",
+    "TraceSession",
+    "TraceStore",
     "configure",
     "session",
 ]

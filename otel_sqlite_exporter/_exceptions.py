@@ -37,3 +37,11 @@ class SchemaVersionError(TraceFileError):
 
 class NotATraceFileError(TraceFileError):
     """The file exists but is not an otel-sqlite-exporter trace database."""
+
+
+class QueryError(OtelSQLiteError, ValueError):
+    """A read-side argument cannot be used (an unknown status, a malformed time or search query)."""
+
+
+class NotFoundError(OtelSQLiteError, LookupError):
+    """The session, trace or span asked for is not in the trace file."""

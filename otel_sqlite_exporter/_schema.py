@@ -10,6 +10,7 @@ import os
 import sqlite3
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from urllib.request import pathname2url
 
 from otel_sqlite_exporter._exceptions import NotATraceFileError, SchemaVersionError, TraceFileError
 
@@ -179,7 +180,21 @@ _V1 = Migration(
     ),
 )
 
-MIGRATIONS: tuple[Migration, ...] = (_V1,)
+_V2 = Migration(
+    2,
+    "read-side indexes: spans by span id, spans by model and time (covering the usage columns)",
+    (
+        # get_span(span_id) without its trace id.
+        "CREATE INDEX spans_by_span_id ON spans (span_id)",
+        # Model plus time window, and usage by model read from the index alone (stats).
+        "DROP INDEX spans_by_model",
+        """CREATE INDEX spans_by_model ON spans (
+            model, start_time_unix_nano, has_usage, usage_below, input_tokens, output_tokens, cost_usd
+        ) WHERE model IS NOT NULL""",
+    ),
+)
+
+MIGRATIONS: tuple[Migration, ...] = (_V1, _V2)
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
 
@@ -206,6 +221,40 @@ def connect(path: str, *, busy_timeout_millis: int = 10_000, create: bool = True
         conn.execute("PRAGMA temp_store = MEMORY")
         conn.execute("PRAGMA cache_size = -32768")
         migrate(conn, path)
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise NotATraceFileError(path, f"not a usable SQLite database: {exc}") from exc
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def open_reader(path: str, *, busy_timeout_millis: int = 10_000) -> sqlite3.Connection:
+    """Open an existing trace file read-only: nothing is created, migrated or otherwise changed.
+
+    A file of an older schema version is read as it is; one that is missing, empty, foreign or
+    newer raises ``TraceFileError`` (or a subclass) naming the file and the problem.
+    """
+    path = os.path.abspath(path)
+    if _prepare_file(path, create=False):
+        raise TraceFileError(path, "is empty: nothing has been written to it yet")
+    try:
+        conn = sqlite3.connect(
+            f"file:{pathname2url(path)}?mode=ro",
+            uri=True,
+            timeout=busy_timeout_millis / 1000,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+    except sqlite3.Error as exc:
+        raise TraceFileError(path, f"cannot open: {exc}") from exc
+    try:
+        _check_foreign(conn, path, fresh=False)
+        if conn.execute("PRAGMA user_version").fetchone()[0] == 0:
+            raise TraceFileError(path, "has no trace schema yet: nothing has been written to it")
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_millis)}")
+        conn.execute("PRAGMA cache_size = -32768")
     except sqlite3.DatabaseError as exc:
         conn.close()
         raise NotATraceFileError(path, f"not a usable SQLite database: {exc}") from exc
