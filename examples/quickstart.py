@@ -1,4 +1,4 @@
-"""Quickstart: trace a tiny agent into a SQLite file, then print what was stored.
+"""Quickstart: trace a tiny agent into a SQLite file, then print its session tree.
 
     pip install -e ".[test]"
     python examples/quickstart.py [traces.db]
@@ -12,12 +12,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sqlite3
 import sys
 
 from opentelemetry import trace
 
-from otel_sqlite_exporter import configure, session
+from otel_sqlite_exporter import TraceStore, configure, session
 from otel_sqlite_exporter.fake_llm_server import FakeLLMServer, ScriptedReply
 
 # Without the instrumentation the demo would still run but record no LLM spans: say so up front.
@@ -89,38 +88,6 @@ def run_agent(client: openai.OpenAI, task: str) -> str:
         return final.choices[0].message.content or ""
 
 
-def print_stored(path: str) -> None:
-    """A small, local rendering of what landed in the file (plain sqlite3, no library code)."""
-    db = sqlite3.connect(path)
-    db.row_factory = sqlite3.Row
-    s = db.execute("SELECT * FROM sessions ORDER BY start_time_unix_nano DESC LIMIT 1").fetchone()
-    cost = "n/a" if s["cost_usd"] is None else f"${s['cost_usd']:.6f}"
-    print(f"\nsession {s['session_id']}  task={s['task']!r}  status={s['status']}")
-    tokens = f"{s['input_tokens']} input + {s['output_tokens']} output tokens"
-    print(f"  {s['span_count']} spans, {tokens}, cost {cost}")
-    spans = db.execute(
-        "SELECT * FROM spans WHERE session_id = ? ORDER BY start_time_unix_nano", (s["session_id"],)
-    ).fetchall()
-    children: dict[str | None, list[sqlite3.Row]] = {}
-    ids = {span["span_id"] for span in spans}
-    for span in spans:
-        parent = span["parent_span_id"] if span["parent_span_id"] in ids else None
-        children.setdefault(parent, []).append(span)
-
-    def show(parent: str | None, depth: int) -> None:
-        for span in children.get(parent, []):
-            details = [
-                span["model"],
-                span["input_tokens"] and f"{span['input_tokens']}+{span['output_tokens']} tok",
-            ]
-            details.append(f"{span['duration_ms']:.1f} ms" if span["duration_ms"] is not None else "running")
-            print(f"  {'  ' * depth}[{span['type']}] {span['name']}  " + "  ".join(d for d in details if d))
-            show(span["span_id"], depth + 1)
-
-    show(None, 0)
-    db.close()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("db", nargs="?", help="SQLite file to write (default: traces.db)")
@@ -140,8 +107,11 @@ def main() -> None:
 
     # Writes are asynchronous; shutting down flushes every queued span before we read the file.
     provider.shutdown()
-    print_stored(path)
-    print(f'\nstored in {os.path.abspath(path)}; try: sqlite3 {path} "select * from agent_traces"')
+    with TraceStore(path) as store:
+        latest = store.get_sessions(limit=1)[0]
+        print()
+        print(store.format_tree(latest.id, color=sys.stdout.isatty() and not os.environ.get("NO_COLOR")))
+    print(f"\nstored in {os.path.abspath(path)}; try: otel-sqlite --db {path} show {latest.id}")
 
 
 if __name__ == "__main__":

@@ -52,13 +52,15 @@ _STATUS_FILTERS = {
     "unset": "s.end_time_unix_nano IS NOT NULL AND s.status_code = 'UNSET'",
 }
 _COUNTED = "s.has_usage = 1 AND s.usage_below = 0"
+# A span with usage beneath it (an agent echoing its model call) is not a call of its own either:
+# calls count only spans with no usage below them, and a model named only by such spans is left out.
 _BY_MODEL = f"""
-SELECT s.model, count(*),
+SELECT s.model, count(*) FILTER (WHERE s.usage_below = 0),
        coalesce(sum(s.input_tokens) FILTER (WHERE {_COUNTED}), 0),
        coalesce(sum(s.output_tokens) FILTER (WHERE {_COUNTED}), 0),
        sum(s.cost_usd) FILTER (WHERE {_COUNTED})
 FROM spans AS s WHERE s.model IS NOT NULL {{where}}
-GROUP BY s.model ORDER BY 5 DESC, 1
+GROUP BY s.model HAVING count(*) FILTER (WHERE s.usage_below = 0) > 0 ORDER BY 5 DESC, 1
 """
 
 
@@ -226,7 +228,7 @@ class TraceStore:
             if isinstance(min_duration_ms, bool) or not isinstance(min_duration_ms, (int, float)):
                 raise QueryError(f"min_duration_ms: expected a number, got {min_duration_ms!r}")
             where.append("s.duration_ms >= ?")
-            params.append(min_duration_ms)
+            params.append(float(min_duration_ms))  # durations are REAL; any int fits as a float
         if search_text is not None:
             query = fts_query(search_text)
             if query is None:
@@ -283,6 +285,7 @@ class TraceStore:
 
     def session_summary(self, session_id: str, *, slowest: int = 5) -> SessionSummary:
         """Duration, spans by type, usage by model, the errors and the slowest spans of a session."""
+        slowest = _whole(slowest, "slowest")
         with self._read() as conn:
             session = self._require_session(conn, session_id)
             by_type = dict(
@@ -325,7 +328,9 @@ class TraceStore:
         The words of ``text`` must all appear (in any order); with ``raw=True`` the text is an
         FTS5 query (``"exact phrase"``, ``OR``, ``NOT``, ``prefix*``, ...).
         """
-        query = text if raw else fts_query(text)
+        if raw and not isinstance(text, str):
+            raise QueryError(f"search text: expected a string, got {type(text).__name__}")
+        query = _no_nul(text) if raw else fts_query(text)
         if not query:
             return []
         sql = (
@@ -465,15 +470,25 @@ def fts_query(text: str) -> str | None:
     each word becomes a quoted string, so nothing in it is read as FTS5 syntax."""
     if not isinstance(text, str):
         raise QueryError(f"search text: expected a string, got {type(text).__name__}")
-    words = text.split()
+    words = _no_nul(text).split()
     return " ".join('"' + word.replace('"', '""') + '"' for word in words) or None
+
+
+def _no_nul(text: str) -> str:
+    # FTS5 reads its query as C text: a NUL would end it early (mid-string, an "unterminated
+    # string" error). The tokenizer separates words at a NUL anyway, so it reads as a space.
+    return text.replace("\x00", " ")
+
+
+# What SQLite says about a malformed FTS5 query (a few of its messages lack the "fts5" prefix).
+_FTS_ERRORS = ("fts5", "MATCH", "unterminated string", "no such column", "unknown special query")
 
 
 def _fts_guard(run: Any) -> Any:
     try:
         return run()
     except sqlite3.OperationalError as exc:
-        if "fts5" in str(exc) or "MATCH" in str(exc):
+        if any(marker in str(exc) for marker in _FTS_ERRORS):
             raise QueryError(f"invalid full-text query: {exc}") from None
         raise
 
@@ -492,10 +507,14 @@ def _choice(value: str, allowed: tuple[str, ...], name: str) -> str:
 
 
 def _page(limit: int, offset: int) -> tuple[int, int]:
-    for name, value in (("limit", limit), ("offset", offset)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise QueryError(f"{name}: expected a whole number >= 0, got {value!r}")
-    return limit, offset
+    return _whole(limit, "limit"), _whole(offset, "offset")
+
+
+def _whole(value: int, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise QueryError(f"{name}: expected a whole number >= 0, got {value!r}")
+    # SQLite's integers are 64-bit; any larger count means the same as the largest.
+    return min(value, 2**63 - 1)
 
 
 def _where(clauses: list[str]) -> str:

@@ -17,6 +17,7 @@ import orjson
 from otel_sqlite_exporter._exceptions import QueryError
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 #: What ``TraceEntry.status`` reads: a span still open is running (or interrupted, when its session
 #: was), an ended span reads its OpenTelemetry status code in lower case.
@@ -48,7 +49,10 @@ def to_ns(value: datetime | str | None, name: str) -> int | None:
     if value.tzinfo is None:
         value = value.replace(tzinfo=timezone.utc)
     delta = value - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
+    ns = (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
+    # Unix nanoseconds fit SQLite's 64-bit integers only from 1677 to 2262: a bound beyond them
+    # (datetime.max as "no bound") is clamped, which compares the same against any stored time.
+    return max(_INT64_MIN, min(ns, _INT64_MAX))
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -182,15 +182,30 @@ _V1 = Migration(
 
 _V2 = Migration(
     2,
-    "read-side indexes: spans by span id, spans by model and time (covering the usage columns)",
+    "read-side indexes: spans by span id, type, name, model and time, open and failed spans; "
+    "sessions by status and user",
     (
         # get_span(span_id) without its trace id.
         "CREATE INDEX spans_by_span_id ON spans (span_id)",
-        # Model plus time window, and usage by model read from the index alone (stats).
+        # get_traces(event_type=...) and get_traces(name=...) in start order, alone or in a time window.
+        "CREATE INDEX spans_by_type ON spans (type, start_time_unix_nano)",
+        "CREATE INDEX spans_by_name ON spans (name, start_time_unix_nano)",
+        # Model plus time window in (start, id) order, and usage by model read from the index alone (stats).
         "DROP INDEX spans_by_model",
         """CREATE INDEX spans_by_model ON spans (
-            model, start_time_unix_nano, has_usage, usage_below, input_tokens, output_tokens, cost_usd
+            model, start_time_unix_nano, id, has_usage, usage_below, input_tokens, output_tokens, cost_usd
         ) WHERE model IS NOT NULL""",
+        # With no statistics SQLite takes any two equalities as equally selective and, on a tie, uses
+        # the index created last: the session index is rebuilt after the type, name and model ones,
+        # so a session filter drives the query whatever other filter comes with it.
+        "DROP INDEX spans_by_session",
+        "CREATE INDEX spans_by_session ON spans (session_id, start_time_unix_nano)",
+        # get_traces(status=...) for running or interrupted spans, and for errors: the few such spans.
+        "CREATE INDEX spans_open ON spans (start_time_unix_nano) WHERE end_time_unix_nano IS NULL",
+        "CREATE INDEX spans_failed ON spans (start_time_unix_nano) WHERE status_code = 'ERROR'",
+        # get_sessions(status=...) and get_sessions(user_id=...), newest first.
+        "CREATE INDEX sessions_by_status ON sessions (status, start_time_unix_nano)",
+        "CREATE INDEX sessions_by_user ON sessions (user_id, start_time_unix_nano)",
     ),
 )
 

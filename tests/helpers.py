@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+
+from otel_sqlite_exporter import SQLiteSpanProcessor
 
 
 def query(path: Path, sql: str, params: Sequence[object] = ()) -> list[tuple]:
@@ -14,3 +23,39 @@ def query(path: Path, sql: str, params: Sequence[object] = ()) -> list[tuple]:
         return conn.execute(sql, tuple(params)).fetchall()
     finally:
         conn.close()
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@dataclass
+class Tracing:
+    """The real SDK writing into a trace file through SQLiteSpanProcessor."""
+
+    path: Path
+    processor: SQLiteSpanProcessor
+    provider: TracerProvider
+    tracer: trace.Tracer
+
+    def flush(self) -> None:
+        assert self.processor.force_flush(10_000)
+
+    def close(self) -> None:
+        self.provider.shutdown()
+
+    def q(self, sql: str, params: Sequence[object] = ()) -> list[tuple]:
+        return query(self.path, sql, params)
+
+
+def start_tracing(
+    path: Path,
+    *,
+    scope: tuple[str, str | None] = ("tests", None),
+    resource: dict[str, Any] | None = None,
+    **options: Any,
+) -> Tracing:
+    processor = SQLiteSpanProcessor(path, **options)
+    provider = TracerProvider(resource=Resource.create(resource or {}))
+    provider.add_span_processor(processor)
+    return Tracing(path, processor, provider, provider.get_tracer(*scope))

@@ -6,7 +6,6 @@ as any user or tool (Datasette, the ``sqlite3`` shell) would read it.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import sqlite3
@@ -16,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-from helpers import query
+from helpers import query, sha256
 from opentelemetry.sdk.trace import TracerProvider
 
 import otel_sqlite_exporter
@@ -69,10 +68,6 @@ def write_trace(path: Path, *, name: str = "root", child: str = "child", **attri
         assert processor.force_flush(10_000)
     finally:
         provider.shutdown()
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def index_columns(conn: sqlite3.Connection, table: str) -> list[tuple[bool, list[str]]]:

@@ -12,10 +12,10 @@ import itertools
 import random
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import helpers
 import pytest
 from helpers import query
 from opentelemetry import context as otel_context
@@ -119,19 +119,7 @@ def expected_rollup(spans: Sequence[ReadableSpan]) -> dict[str, Any]:
 # --- fixtures ---------------------------------------------------------------------------------------------
 
 
-@dataclass
-class Tracing:
-    path: Path
-    processor: SQLiteSpanProcessor
-    provider: TracerProvider
-    tracer: trace.Tracer
-
-    def flush(self) -> None:
-        assert self.processor.force_flush(10_000)
-
-    def q(self, sql: str, params: Sequence[object] = ()) -> list[tuple]:
-        return query(self.path, sql, params)
-
+class Tracing(helpers.Tracing):
     def session_row(self, session_id: str) -> dict[str, Any]:
         cols = ("task", "status", "user_id", "start_time_unix_nano", "end_time_unix_nano", "span_count")
         rows = self.q(f"SELECT {', '.join(cols)} FROM sessions WHERE session_id = ?", (session_id,))
@@ -144,12 +132,9 @@ class Tracing:
 
 @pytest.fixture
 def tracing(tmp_path: Path) -> Iterator[Tracing]:
-    path = tmp_path / "traces.db"
-    processor = SQLiteSpanProcessor(path)
-    provider = TracerProvider()
-    provider.add_span_processor(processor)
-    yield Tracing(path, processor, provider, provider.get_tracer("test_sessions"))
-    provider.shutdown()
+    base = helpers.start_tracing(tmp_path / "traces.db", scope=("test_sessions", None))
+    yield Tracing(base.path, base.processor, base.provider, base.tracer)
+    base.close()
 
 
 def finished_spans(build: Any) -> list[ReadableSpan]:
