@@ -28,7 +28,7 @@ SESSION_STATUSES = ("running", "completed", "failed", "cancelled", "interrupted"
 
 def from_ns(ns: int | None) -> datetime | None:
     """A Unix-nanosecond time as an aware UTC datetime (to the microsecond)."""
-    return None if ns is None else _EPOCH + timedelta(microseconds=ns // 1000)
+    return None if ns is None else _EPOCH + timedelta(0, 0, ns // 1000)  # positional: faster
 
 
 def to_ns(value: datetime | str | None, name: str) -> int | None:
@@ -66,6 +66,20 @@ def _loads(text: str | None, empty: Any) -> Any:
         return orjson.loads(text)
     except orjson.JSONDecodeError:
         return text  # not JSON (written by another tool): the text as it is
+
+
+def fast_constructor(cls: type) -> Any:
+    """A constructor for a frozen, slotted dataclass taking the same arguments as its ``__init__``,
+    which sets each field through ``object.__setattr__`` (the price of ``frozen``) and costs about
+    three times as much: reading a session builds one record per span."""
+    names = [field.name for field in dataclasses.fields(cls)]
+    scope: dict[str, Any] = {"_new": object.__new__, "_cls": cls}
+    scope.update({f"_set_{name}": getattr(cls, name).__set__ for name in names})
+    body = "".join(f"\n    _set_{name}(self, {name})" for name in names)
+    exec(f"def build({', '.join(names)}):\n    self = _new(_cls){body}\n    return self", scope)
+    build = scope["build"]
+    build.__qualname__ = build.__name__ = f"new_{cls.__name__}"
+    return build
 
 
 class _Record:
@@ -202,11 +216,14 @@ ENTRY_JOINS = """LEFT JOIN sessions AS se ON se.session_id = s.session_id
 ENTRY_FROM = f"spans AS s {ENTRY_JOINS}"
 
 
+_new_entry = fast_constructor(TraceEntry)
+
+
 def entry_from_row(row: Sequence[Any]) -> TraceEntry:
     (span_id, trace_id, parent, session_id, type_, name, kind, start, end, duration, status, message,
      model, provider, operation, inp, out, cr, cw, rs, cost, in_text, out_text, attributes, events,
      links, service, scope, scope_version, is_root, counted) = row  # fmt: skip
-    return TraceEntry(
+    return _new_entry(
         id=span_id,
         trace_id=trace_id,
         parent_id=parent,

@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from otel_sqlite_exporter._records import TraceEntry, TraceSession
+from otel_sqlite_exporter._records import TraceEntry, TraceSession, fast_constructor
 
 _NodeKey = tuple[str, str]  # (trace_id, span_id)
 
@@ -55,6 +55,9 @@ class SpanNode:
     def __repr__(self) -> str:
         e = self.entry
         return f"SpanNode({e.type} {e.name!r} span_id={e.id} children={len(self.children)})"
+
+
+_new_node = fast_constructor(SpanNode)
 
 
 @dataclass(frozen=True, slots=True, eq=False, repr=False)
@@ -171,17 +174,32 @@ def _build_trace(trace_id: str, spans: list[TraceEntry], index: dict[_NodeKey, S
         order = _preorder(tops, children)
     # Children before parents: each node is built from nodes that already exist.
     for entry in reversed(order):
-        kids = tuple(index[(trace_id, child.id)] for child in children.get(entry.id, ()))
         own = entry.counted
-        index[(trace_id, entry.id)] = SpanNode(
+        span_count, errors = 1, entry.status == "error"
+        inp = (entry.input_tokens or 0) if own else 0
+        out = (entry.output_tokens or 0) if own else 0
+        cost = entry.cost_usd if own else None
+        below = children.get(entry.id)
+        if below:
+            kids = tuple(index[(trace_id, child.id)] for child in below)
+            for kid in kids:
+                span_count += kid.span_count
+                errors += kid.error_count
+                inp += kid.input_tokens
+                out += kid.output_tokens
+                if kid.cost_usd is not None:
+                    cost = kid.cost_usd if cost is None else cost + kid.cost_usd
+        else:
+            kids = ()
+        index[(trace_id, entry.id)] = _new_node(
             entry=entry,
             children=kids,
             orphan=entry.id in orphans,
-            span_count=1 + sum(k.span_count for k in kids),
-            input_tokens=((entry.input_tokens or 0) if own else 0) + sum(k.input_tokens for k in kids),
-            output_tokens=((entry.output_tokens or 0) if own else 0) + sum(k.output_tokens for k in kids),
-            cost_usd=_sum_cost([entry.cost_usd if own else None, *(k.cost_usd for k in kids)]),
-            error_count=(entry.status == "error") + sum(k.error_count for k in kids),
+            span_count=span_count,
+            input_tokens=inp,
+            output_tokens=out,
+            cost_usd=cost,
+            error_count=int(errors),
             _index=index,
         )
     roots = tuple(index[(trace_id, entry.id)] for entry in tops)
