@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from urllib.request import pathname2url
@@ -221,13 +222,8 @@ def connect(path: str, *, busy_timeout_millis: int = 10_000, create: bool = True
     """
     path = os.path.abspath(path)
     fresh = _prepare_file(path, create)
-    try:
-        conn = sqlite3.connect(
-            path, timeout=busy_timeout_millis / 1000, isolation_level=None, check_same_thread=False
-        )
-    except sqlite3.Error as exc:
-        raise TraceFileError(path, f"cannot open: {exc}") from exc
-    try:
+
+    def setup(conn: sqlite3.Connection) -> None:
         _check_foreign(conn, path, fresh)
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_millis)}")
         if conn.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
@@ -236,13 +232,8 @@ def connect(path: str, *, busy_timeout_millis: int = 10_000, create: bool = True
         conn.execute("PRAGMA temp_store = MEMORY")
         conn.execute("PRAGMA cache_size = -32768")
         migrate(conn, path)
-    except sqlite3.DatabaseError as exc:
-        conn.close()
-        raise NotATraceFileError(path, f"not a usable SQLite database: {exc}") from exc
-    except BaseException:
-        conn.close()
-        raise
-    return conn
+
+    return _open(path, path, busy_timeout_millis, setup)
 
 
 def open_reader(path: str, *, busy_timeout_millis: int = 10_000) -> sqlite3.Connection:
@@ -254,10 +245,26 @@ def open_reader(path: str, *, busy_timeout_millis: int = 10_000) -> sqlite3.Conn
     path = os.path.abspath(path)
     if _prepare_file(path, create=False):
         raise TraceFileError(path, "is empty: nothing has been written to it yet")
+
+    def setup(conn: sqlite3.Connection) -> None:
+        _check_foreign(conn, path, fresh=False)
+        if conn.execute("PRAGMA user_version").fetchone()[0] == 0:
+            raise TraceFileError(path, "has no trace schema yet: nothing has been written to it")
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_millis)}")
+        conn.execute("PRAGMA cache_size = -32768")
+
+    return _open(path, f"file:{pathname2url(path)}?mode=ro", busy_timeout_millis, setup)
+
+
+def _open(
+    path: str, database: str, busy_timeout_millis: int, setup: Callable[[sqlite3.Connection], None]
+) -> sqlite3.Connection:
+    """Connect (``database`` is the path or a URI) and run ``setup``; errors name the file, and a
+    connection whose setup failed is closed."""
     try:
         conn = sqlite3.connect(
-            f"file:{pathname2url(path)}?mode=ro",
-            uri=True,
+            database,
+            uri=database.startswith("file:"),
             timeout=busy_timeout_millis / 1000,
             isolation_level=None,
             check_same_thread=False,
@@ -265,11 +272,7 @@ def open_reader(path: str, *, busy_timeout_millis: int = 10_000) -> sqlite3.Conn
     except sqlite3.Error as exc:
         raise TraceFileError(path, f"cannot open: {exc}") from exc
     try:
-        _check_foreign(conn, path, fresh=False)
-        if conn.execute("PRAGMA user_version").fetchone()[0] == 0:
-            raise TraceFileError(path, "has no trace schema yet: nothing has been written to it")
-        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_millis)}")
-        conn.execute("PRAGMA cache_size = -32768")
+        setup(conn)
     except sqlite3.DatabaseError as exc:
         conn.close()
         raise NotATraceFileError(path, f"not a usable SQLite database: {exc}") from exc
