@@ -6,6 +6,7 @@
 ...     ...                                    # every span started here lands in traces.db
 """
 
+from otel_sqlite_exporter._budget import BudgetAlert, TokenBudget
 from otel_sqlite_exporter._config import Options
 from otel_sqlite_exporter._configure import configure
 from otel_sqlite_exporter._exceptions import (
@@ -22,6 +23,7 @@ from otel_sqlite_exporter._pricing import ModelPrice, PriceTable
 from otel_sqlite_exporter._processor import SQLiteSpanProcessor
 from otel_sqlite_exporter._query import StoreStats, TraceStore
 from otel_sqlite_exporter._records import ModelUsage, SearchHit, SessionSummary, TraceEntry, TraceSession
+from otel_sqlite_exporter._retention import RetentionSweeper, SweepResult
 from otel_sqlite_exporter._schema import SCHEMA_VERSION
 from otel_sqlite_exporter._session import session
 from otel_sqlite_exporter._tree import SessionTree, SpanNode, TraceNode
@@ -30,6 +32,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "SCHEMA_VERSION",
+    "BudgetAlert",
     "ConfigurationError",
     "ModelPrice",
     "ModelUsage",
@@ -39,6 +42,7 @@ __all__ = [
     "OtelSQLiteError",
     "PriceTable",
     "QueryError",
+    "RetentionSweeper",
     "SQLiteSpanExporter",
     "SQLiteSpanProcessor",
     "SchemaVersionError",
@@ -47,6 +51,8 @@ __all__ = [
     "SessionTree",
     "SpanNode",
     "StoreStats",
+    "SweepResult",
+    "TokenBudget",
     "TraceEntry",
     "TraceFileError",
     "TraceNode",

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import orjson
 
 from otel_sqlite_exporter._exceptions import ConfigurationError
 from otel_sqlite_exporter._pricing import ModelPrice, PriceTable
+
+if TYPE_CHECKING:
+    from otel_sqlite_exporter._budget import TokenBudget
 
 DEFAULT_PATH = "traces.db"
 
@@ -21,6 +27,13 @@ ENV_MAX_QUEUE_SIZE = "OTEL_EXPORTER_SQLITE_MAX_QUEUE_SIZE"
 ENV_MAX_BATCH_SIZE = "OTEL_EXPORTER_SQLITE_MAX_BATCH_SIZE"
 ENV_SCHEDULE_DELAY = "OTEL_EXPORTER_SQLITE_SCHEDULE_DELAY_MILLIS"
 ENV_BUSY_TIMEOUT = "OTEL_EXPORTER_SQLITE_BUSY_TIMEOUT_MILLIS"
+ENV_MAX_DB_BYTES = "OTEL_EXPORTER_SQLITE_MAX_DB_BYTES"
+ENV_SWEEP_INTERVAL = "OTEL_EXPORTER_SQLITE_SWEEP_INTERVAL_SECONDS"
+ENV_STALE_AFTER = "OTEL_EXPORTER_SQLITE_STALE_AFTER_SECONDS"
+ENV_REDACT = "OTEL_EXPORTER_SQLITE_REDACT"
+ENV_REDACT_PATTERNS = "OTEL_EXPORTER_SQLITE_REDACT_PATTERNS"
+ENV_BUDGET_MAX_TOKENS = "OTEL_EXPORTER_SQLITE_BUDGET_MAX_TOKENS"
+ENV_BUDGET_MAX_COST = "OTEL_EXPORTER_SQLITE_BUDGET_MAX_COST_USD"
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -46,6 +59,19 @@ class Options:
     schedule_delay_millis: int = 200
     #: How long a write waits for another process's transaction before it counts as failed.
     busy_timeout_millis: int = 10_000
+    #: Oldest sessions are swept until the file is under this size; None sets no cap.
+    max_db_bytes: int | None = None
+    #: How often the retention sweeper runs (it runs only when retention_days or max_db_bytes is set).
+    sweep_interval_seconds: float = 3600.0
+    #: A running session with no activity for this long is marked interrupted by the sweeper.
+    stale_after_seconds: float = 3600.0
+    #: True redacts API keys and tokens before anything is written, False stores text as it came,
+    #: a callable ``(text) -> text`` replaces the default redaction.
+    redact: bool | Callable[[str], str] = True
+    #: Regular expressions redacted in addition to the defaults.
+    redact_patterns: tuple[re.Pattern[str], ...] = ()
+    #: Per-session token and cost limits, tracked as LLM spans end.
+    budget: TokenBudget | None = None
 
     @classmethod
     def resolve(
@@ -70,6 +96,9 @@ class Options:
         }
         values["path"] = _path(given["path"]) if "path" in given else env.get(ENV_PATH) or DEFAULT_PATH
         values["prices"] = _prices(given.get("prices"), env.get(ENV_PRICES))
+        values["redact"] = _redact(given, env)
+        values["redact_patterns"] = _redact_patterns(given, env)
+        values["budget"] = _budget(given, env)
         return cls(**values)
 
 
@@ -86,6 +115,48 @@ def _int(minimum: int) -> Any:
         return number
 
     return parse
+
+
+def _number(minimum: float) -> Any:
+    def parse(value: object) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ValueError(f"expected a number >= {minimum}")
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError(f"expected a number >= {minimum}") from None
+        if not number >= minimum or number == float("inf"):
+            raise ValueError(f"must be a finite number >= {minimum}")
+        return number
+
+    return parse
+
+
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4}
+
+
+def parse_size(value: object) -> int:
+    """A size in bytes from a whole number or text like ``500MB``, ``1.5GB`` or ``200MiB``.
+
+    KB, MB, GB and TB are powers of 1000; KiB, MiB, GiB and TiB powers of 1024.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError("expected a size in bytes, or text like 500MB or 2GiB")
+    if isinstance(value, int):
+        number = value
+    else:
+        match = _SIZE.fullmatch(value)
+        if match is None:
+            raise ValueError("expected a size in bytes, or text like 500MB or 2GiB")
+        unit = (match.group(2) or "").lower()
+        scale = _UNITS[unit[:1]]
+        if "i" in unit:
+            scale = 1024 ** ("bkmgt".index(unit[0]))
+        number = int(float(match.group(1)) * scale)
+    if number < 1:
+        raise ValueError("must be at least 1 byte")
+    return number
 
 
 def _bool(value: object) -> bool:
@@ -105,6 +176,9 @@ _SCALARS = (
     ("max_batch_size", ENV_MAX_BATCH_SIZE, _int(1)),
     ("schedule_delay_millis", ENV_SCHEDULE_DELAY, _int(1)),
     ("busy_timeout_millis", ENV_BUSY_TIMEOUT, _int(0)),
+    ("max_db_bytes", ENV_MAX_DB_BYTES, parse_size),
+    ("sweep_interval_seconds", ENV_SWEEP_INTERVAL, _number(0.01)),
+    ("stale_after_seconds", ENV_STALE_AFTER, _number(0)),
 )
 
 
@@ -151,4 +225,64 @@ def _prices(given: object, env_file: str | None) -> PriceTable:
     return PriceTable()
 
 
-__all__ = ["ModelPrice", "Options"]
+def _redact(given: Mapping[str, Any], env: Mapping[str, str]) -> bool | Callable[[str], str]:
+    if "redact" in given:
+        value = given["redact"]
+        if isinstance(value, bool) or callable(value):
+            return value
+        raise ConfigurationError(
+            f"option redact={value!r}: expected True, False or a callable (text) -> text"
+        )
+    return _pick({}, env, "redact", ENV_REDACT, _bool, True)  # type: ignore[no-any-return]
+
+
+def _redact_patterns(given: Mapping[str, Any], env: Mapping[str, str]) -> tuple[re.Pattern[str], ...]:
+    if "redact_patterns" in given:
+        source, raw = "option redact_patterns", given["redact_patterns"]
+        if raw is None:
+            return ()
+        if isinstance(raw, (str, re.Pattern)) or not isinstance(raw, (list, tuple, set, frozenset)):
+            raise ConfigurationError(f"{source}={raw!r}: expected a list of regular expressions")
+        items = list(raw)
+    else:
+        raw = env.get(ENV_REDACT_PATTERNS, "").strip()
+        if not raw:
+            return ()
+        source = f"environment variable {ENV_REDACT_PATTERNS}"
+        if raw.startswith("["):
+            try:
+                items = orjson.loads(raw)
+            except orjson.JSONDecodeError as exc:
+                raise ConfigurationError(f"{source}={raw!r}: not a JSON array of patterns ({exc})") from None
+        else:
+            items = [raw]  # a single pattern; several are given as a JSON array
+    patterns = []
+    for item in items:
+        if isinstance(item, re.Pattern) and isinstance(item.pattern, str):
+            patterns.append(item)
+            continue
+        if not isinstance(item, str) or not item:
+            raise ConfigurationError(f"{source}: {item!r} is not a regular expression (a non-empty str)")
+        try:
+            patterns.append(re.compile(item))
+        except re.error as exc:
+            raise ConfigurationError(f"{source}: {item!r} is not a valid regular expression: {exc}") from None
+    return tuple(patterns)
+
+
+def _budget(given: Mapping[str, Any], env: Mapping[str, str]) -> TokenBudget | None:
+    from otel_sqlite_exporter._budget import TokenBudget
+
+    if "budget" in given:
+        value = given["budget"]
+        if value is None or isinstance(value, TokenBudget):
+            return value
+        raise ConfigurationError(f"option budget={value!r}: expected a TokenBudget or None")
+    tokens = _pick({}, env, "budget", ENV_BUDGET_MAX_TOKENS, _int(1), None)
+    cost = _pick({}, env, "budget", ENV_BUDGET_MAX_COST, _number(0), None)
+    if tokens is None and cost is None:
+        return None
+    return TokenBudget(tokens, max_cost_usd=cost)
+
+
+__all__ = ["ModelPrice", "Options", "parse_size"]

@@ -6,6 +6,7 @@ migration ran. A file from a newer version is refused untouched.
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 from collections.abc import Callable
@@ -14,6 +15,8 @@ from datetime import datetime, timezone
 from urllib.request import pathname2url
 
 from otel_sqlite_exporter._exceptions import NotATraceFileError, SchemaVersionError, TraceFileError
+
+logger = logging.getLogger("otel_sqlite_exporter")
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _ISO = "strftime('%Y-%m-%dT%H:%M:%fZ', {col} / 1000000000.0, 'unixepoch')"
@@ -210,7 +213,33 @@ _V2 = Migration(
     ),
 )
 
-MIGRATIONS: tuple[Migration, ...] = (_V1, _V2)
+_V3 = Migration(
+    3,
+    "retention and budgets: last activity of traces and sessions, the process writing a session, "
+    "budget status",
+    (
+        # The latest start or end time of any span in the trace (or session): what retention ages by.
+        "ALTER TABLE traces ADD COLUMN last_activity_unix_nano INTEGER",
+        "ALTER TABLE sessions ADD COLUMN last_activity_unix_nano INTEGER",
+        """UPDATE traces SET last_activity_unix_nano = (
+            SELECT max(max(s.start_time_unix_nano), coalesce(max(s.end_time_unix_nano), 0))
+            FROM spans AS s WHERE s.trace_id = traces.trace_id)""",
+        """UPDATE sessions SET last_activity_unix_nano = max(
+            coalesce((SELECT max(t.last_activity_unix_nano) FROM traces AS t
+                      WHERE t.session_id = sessions.session_id), 0),
+            coalesce(start_time_unix_nano, 0), coalesce(end_time_unix_nano, 0))""",
+        "CREATE INDEX sessions_by_activity ON sessions (last_activity_unix_nano)",
+        # Which process (on which host) last wrote the session: a running session whose process is
+        # gone is interrupted, not running.
+        "ALTER TABLE sessions ADD COLUMN owner_pid INTEGER",
+        "ALTER TABLE sessions ADD COLUMN owner_host TEXT",
+        # NULL when no budget tracks the session; else ok, warning or exceeded (never goes back).
+        """ALTER TABLE sessions ADD COLUMN budget_status TEXT
+            CHECK (budget_status IN ('ok', 'warning', 'exceeded'))""",
+    ),
+)
+
+MIGRATIONS: tuple[Migration, ...] = (_V1, _V2, _V3)
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
 
@@ -226,12 +255,17 @@ def connect(path: str, *, busy_timeout_millis: int = 10_000, create: bool = True
     def setup(conn: sqlite3.Connection) -> None:
         _check_foreign(conn, path, fresh)
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_millis)}")
+        if fresh:
+            # Only possible before the first table: retention then gives freed pages back to the
+            # file system a step at a time (PRAGMA incremental_vacuum) instead of by a full VACUUM.
+            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
         if conn.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
             raise TraceFileError(path, "cannot switch to WAL journal mode")
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("PRAGMA temp_store = MEMORY")
         conn.execute("PRAGMA cache_size = -32768")
-        migrate(conn, path)
+        if 0 < migrate(conn, path) < 3:
+            _enable_incremental_vacuum(conn, path)
 
     return _open(path, path, busy_timeout_millis, setup)
 
@@ -309,6 +343,26 @@ def migrate(conn: sqlite3.Connection, path: str) -> int:
         conn.execute("ROLLBACK")
         raise
     return found
+
+
+def _enable_incremental_vacuum(conn: sqlite3.Connection, path: str) -> None:
+    """A file made before schema 3 is rebuilt once (VACUUM) so that it can shrink incrementally.
+
+    A failure (another process busy in the file, a full disk) leaves the file as it was and only
+    means retention frees pages for reuse without shrinking the file.
+    """
+    if conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2:
+        return
+    try:
+        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+        conn.execute("VACUUM")
+    except sqlite3.Error as exc:
+        logger.warning(
+            "otel-sqlite-exporter: %s was not rebuilt for incremental vacuum (%s); retention will "
+            "reuse freed space but not shrink the file",
+            path,
+            exc,
+        )
 
 
 def _prepare_file(path: str, create: bool) -> bool:

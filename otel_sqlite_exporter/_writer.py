@@ -14,6 +14,8 @@ times per batch, and SQLite does the per-row work on the other core.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
@@ -99,6 +101,9 @@ _SCRATCH = (
     "CREATE TEMP TABLE moved_traces (trace_id TEXT PRIMARY KEY, old_session_id TEXT)",
     "CREATE TEMP TABLE touched_sessions (session_id TEXT PRIMARY KEY)",
     "CREATE TEMP TABLE ancestors (trace_id, span_id, PRIMARY KEY (trace_id, span_id))",
+    # The process writing: sessions it touches record it, so a sweep can tell a dead process's
+    # running session from a live one's.
+    "CREATE TEMP TABLE writer_identity (pid INTEGER, host TEXT)",
 )
 
 _count = """CASE
@@ -280,12 +285,14 @@ CREATE TEMP TRIGGER finish_batch INSTEAD OF INSERT ON finish_batch BEGIN
         {", ".join(f"{c} = a.{c}" for c in _TOKENS)}, cost_usd = a.cost_usd,
         start_time_unix_nano = a.start_time,
         end_time_unix_nano = CASE WHEN a.status = 'running' THEN NULL ELSE a.end_time END,
+        last_activity_unix_nano = max(a.last_start, coalesce(a.end_time, 0)),
         root_span_id = a.root_span_id, root_span_name = a.root_span_name, status = a.status
     FROM (
         SELECT s.trace_id, count(*) AS n, count(*) FILTER (WHERE s.status_code = 'ERROR') AS errors,
                {", ".join(f"coalesce(sum(s.{c}) {_counted}, 0) AS {c}" for c in _TOKENS)},
                sum(s.cost_usd) {_counted} AS cost_usd,
                min(s.start_time_unix_nano) AS start_time, max(s.end_time_unix_nano) AS end_time,
+               max(s.start_time_unix_nano) AS last_start,
                max(s.span_id) FILTER (WHERE s.is_root = 1) AS root_span_id,
                max(s.name) FILTER (WHERE s.is_root = 1) AS root_span_name,
                CASE
@@ -309,12 +316,16 @@ CREATE TEMP TRIGGER finish_batch INSTEAD OF INSERT ON finish_batch BEGIN
                                    coalesce(a.start_time, sessions.start_time_unix_nano)),
         end_time_unix_nano = CASE WHEN a.status = 'running' THEN NULL
             ELSE nullif(max(coalesce(sessions.end_time_unix_nano, 0), coalesce(a.end_time, 0)), 0) END,
+        last_activity_unix_nano = max(coalesce(a.last_activity, 0),
+            coalesce(sessions.start_time_unix_nano, 0), coalesce(sessions.end_time_unix_nano, 0)),
+        owner_pid = w.pid, owner_host = w.host,
         status = a.status
-    FROM (
+    FROM temp.writer_identity AS w, (
         SELECT se.session_id, coalesce(sum(t.span_count), 0) AS n, coalesce(sum(t.error_count), 0) AS errors,
                {", ".join(f"coalesce(sum(t.{c}), 0) AS {c}" for c in _TOKENS)},
                sum(t.cost_usd) AS cost_usd,
                min(t.start_time_unix_nano) AS start_time, max(t.end_time_unix_nano) AS end_time,
+               max(t.last_activity_unix_nano) AS last_activity,
                CASE
                    WHEN se.status = 'interrupted' AND se.managed = 0 THEN 'interrupted'
                    WHEN se.managed = 1 THEN CASE
@@ -393,6 +404,9 @@ class TraceWriter:
         # page rewritten by many batches is then copied back into the file once.
         self._conn.execute("PRAGMA wal_autocheckpoint = 0")
         self._conn.executemany("INSERT INTO temp.attribute_keys VALUES (?, ?, ?, ?)", attribute_key_rows())
+        self._conn.execute(
+            "INSERT INTO temp.writer_identity VALUES (?, ?)", (os.getpid(), socket.gethostname())
+        )
         if options.retention_days is not None:
             self._conn.execute(
                 "INSERT INTO settings (key, value) VALUES ('retention_days', ?) "
