@@ -15,6 +15,7 @@ from otel_sqlite_exporter._exceptions import (
     NotFoundError,
     OtelSQLiteError,
     QueryError,
+    ReadOnlyStoreError,
     SchemaVersionError,
     TraceFileError,
 )
@@ -23,7 +24,7 @@ from otel_sqlite_exporter._pricing import ModelPrice, PriceTable
 from otel_sqlite_exporter._processor import SQLiteSpanProcessor
 from otel_sqlite_exporter._query import StoreStats, TraceStore
 from otel_sqlite_exporter._records import ModelUsage, SearchHit, SessionSummary, TraceEntry, TraceSession
-from otel_sqlite_exporter._retention import RetentionSweeper, SweepResult
+from otel_sqlite_exporter._retention import PlannedDeletion, RetentionSweeper, SweepPlan, SweepResult
 from otel_sqlite_exporter._schema import SCHEMA_VERSION
 from otel_sqlite_exporter._session import session
 from otel_sqlite_exporter._tree import SessionTree, SpanNode, TraceNode
@@ -40,8 +41,10 @@ __all__ = [
     "NotFoundError",
     "Options",
     "OtelSQLiteError",
+    "PlannedDeletion",
     "PriceTable",
     "QueryError",
+    "ReadOnlyStoreError",
     "RetentionSweeper",
     "SQLiteSpanExporter",
     "SQLiteSpanProcessor",
@@ -51,6 +54,7 @@ __all__ = [
     "SessionTree",
     "SpanNode",
     "StoreStats",
+    "SweepPlan",
     "SweepResult",
     "TokenBudget",
     "TraceEntry",

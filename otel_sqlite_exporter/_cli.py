@@ -1,7 +1,8 @@
-"""The ``otel-sqlite`` command: read a trace file from the shell.
+"""The ``otel-sqlite`` command: read a trace file from the shell, and sweep it.
 
-Everything goes through ``TraceStore``, which opens the file read-only and binds every value as a
-parameter, so no argument is ever read as SQL and the file is never changed.
+Everything goes through ``TraceStore``, which binds every value as a parameter, so no argument is
+ever read as SQL. The file is opened read-only and never changed, except by ``sweep`` (without
+``--dry-run``) and ``settings retention-days N``.
 
 Exit codes: 0 success, 1 not found (a session, span or the file itself) or an unreadable file,
 2 a usage error (a bad option or value). Messages go to stderr as ``otel-sqlite: error: ...``.
@@ -22,10 +23,12 @@ from datetime import datetime, timedelta, timezone
 from typing import IO, Any, NoReturn
 
 from otel_sqlite_exporter import _render
-from otel_sqlite_exporter._exceptions import NotFoundError, OtelSQLiteError, QueryError
+from otel_sqlite_exporter._config import parse_size
+from otel_sqlite_exporter._exceptions import ConfigurationError, NotFoundError, OtelSQLiteError, QueryError
 from otel_sqlite_exporter._normalize import SPAN_TYPES
 from otel_sqlite_exporter._query import TraceStore
-from otel_sqlite_exporter._records import SESSION_STATUSES, SPAN_STATUSES
+from otel_sqlite_exporter._records import BUDGET_STATUSES, SESSION_STATUSES, SPAN_STATUSES
+from otel_sqlite_exporter._retention import RETENTION_SETTING, RetentionSweeper
 
 PROG = "otel-sqlite"
 EXIT_OK, EXIT_NOT_FOUND, EXIT_USAGE = 0, 1, 2
@@ -121,6 +124,16 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _size(text: str) -> int:
+    try:
+        value = parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+    if value > _INT64_MAX:
+        raise argparse.ArgumentTypeError(f"{text!r} is larger than any SQLite file can be")
+    return value
+
+
 def _lower(text: str) -> str:
     return text.lower()
 
@@ -184,7 +197,13 @@ def _error(message: str) -> None:
 
 def _cmd_sessions(store: TraceStore, args: argparse.Namespace, out: _Output) -> int:
     sessions = store.get_sessions(
-        args.limit, args.offset, status=args.status, since=args.since, until=args.until, user_id=args.user
+        args.limit,
+        args.offset,
+        status=args.status,
+        since=args.since,
+        until=args.until,
+        user_id=args.user,
+        budget_status=args.budget_status,
     )
     if args.json:
         out.json([s.to_dict() for s in sessions])
@@ -307,6 +326,52 @@ def _cmd_export(store: TraceStore, args: argparse.Namespace, out: _Output) -> in
         return EXIT_OK
     _write_atomically(args.output, lambda handle: write(store, ids, args.session_id is None, handle))
     return EXIT_OK
+
+
+def _cmd_sweep(store: TraceStore, args: argparse.Namespace, out: _Output) -> int:
+    # The file's setting is read here, so that a bad one fails the command instead of being skipped.
+    days = args.days if args.days is not None else store.get_retention_days()
+    sweeper = RetentionSweeper(store.path, retention_days=days, max_db_bytes=args.max_size)
+    if args.dry_run:
+        plan = sweeper.plan()
+        if args.json:
+            out.json({"dry_run": True, **plan.to_dict()})
+        else:
+            out.line(_render.sweep_plan(plan, out.style, limit=args.limit))
+        return EXIT_OK
+    try:
+        result = sweeper.sweep_once()
+    finally:
+        sweeper.close()
+    if args.json:
+        out.json({"dry_run": False, **result.to_dict()})
+    else:
+        out.line(_render.sweep_result(result, out.style))
+    return EXIT_OK
+
+
+def _cmd_settings(store: TraceStore, args: argparse.Namespace, out: _Output) -> int:
+    if args.value is not None:
+        store.set_retention_days(args.value)
+    if args.name is not None:
+        days = store.get_retention_days()
+        if args.json:
+            out.json({RETENTION_SETTING: days})
+        else:
+            out.line(str(days))
+        return EXIT_OK
+    settings = store.get_settings()
+    if args.json:
+        out.json({key: _number_or_text(value) for key, value in settings.items()})
+    else:
+        out.line(_render.settings_table(settings, out.style))
+    return EXIT_OK
+
+
+def _number_or_text(value: str | None) -> int | str | None:
+    if value is not None and value.isascii() and value.isdigit():
+        return int(value)
+    return value
 
 
 def _all_session_ids(store: TraceStore) -> list[str]:
@@ -433,7 +498,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = _Parser(
         prog=PROG,
-        description="Read an otel-sqlite-exporter trace file: sessions, span trees, search, export.",
+        description="Read an otel-sqlite-exporter trace file (sessions, span trees, search, export) "
+        "and sweep it (retention).",
         epilog="Exit codes: 0 success, 1 not found or unreadable file, 2 usage error.",
     )
     parser.add_argument(
@@ -463,6 +529,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _time_window(sessions, "sessions started")
     sessions.add_argument("--user", metavar="USER_ID", help="only this user's sessions")
+    sessions.add_argument(
+        "--budget-status",
+        type=_lower,
+        choices=BUDGET_STATUSES,
+        help="only sessions at this point of their token budget",
+    )
 
     show = command("show", _cmd_show, "a session as a tree of spans, errors highlighted")
     show.add_argument("session_id", metavar="SESSION_ID")
@@ -513,6 +585,44 @@ def build_parser() -> argparse.ArgumentParser:
 
     command("stats", _cmd_stats, "the file at a glance: size, counts, time range, usage by model")
 
+    sweep = command(
+        "sweep",
+        _cmd_sweep,
+        "delete sessions past the retention period (or over a size cap) and give the space back",
+    )
+    sweep.add_argument(
+        "--days",
+        type=_count,
+        metavar="N",
+        help="delete sessions with no activity for N days (default: the file's retention_days; 0 keeps all)",
+    )
+    sweep.add_argument(
+        "--max-size",
+        type=_size,
+        metavar="SIZE",
+        help="then delete the oldest sessions until the data is under SIZE (bytes, or 500MB, 2GiB)",
+    )
+    sweep.add_argument("--dry-run", action="store_true", help="print what would go and change nothing")
+    sweep.add_argument(
+        "--limit",
+        type=_count,
+        default=50,
+        metavar="N",
+        help="a dry run lists at most N sessions (default 50)",
+    )
+    sweep.set_defaults(writes=lambda args: not args.dry_run)
+
+    settings = command(
+        "settings", _cmd_settings, "print the file's settings; 'settings retention-days N' sets the retention"
+    )
+    settings.add_argument(
+        "name", nargs="?", choices=("retention-days",), metavar="retention-days", help="the setting"
+    )
+    settings.add_argument(
+        "value", nargs="?", type=_count, metavar="N", help="keep sessions N days after their last activity"
+    )
+    settings.set_defaults(writes=lambda args: args.value is not None)
+
     tail = command("tail", _cmd_tail, "follow new spans as they start and end, until Ctrl-C")
     tail.add_argument("--session", metavar="SESSION_ID", help="only this session's spans")
     tail.add_argument(
@@ -537,8 +647,9 @@ def main(argv: list[str] | None = None) -> int:
     _utf8_stdout()
     path = getattr(args, "db", None) or os.environ.get("OTEL_EXPORTER_SQLITE_PATH") or "traces.db"
     out = _Output(sys.stdout, _use_color(getattr(args, "color", "auto"), sys.stdout))
+    writes = getattr(args, "writes", None)
     try:
-        with TraceStore(path) as store:
+        with TraceStore(path, readonly=not (writes is not None and writes(args))) as store:
             code = args.run(store, args, out)
         sys.stdout.flush()
         return code
@@ -550,7 +661,7 @@ def main(argv: list[str] | None = None) -> int:
         # flush from failing again on the closed pipe.
         _silence_stdout()
         return EXIT_OK
-    except (_UsageError, QueryError) as exc:
+    except (_UsageError, QueryError, ConfigurationError) as exc:
         _error(str(exc))
         return EXIT_USAGE
     except (OtelSQLiteError, _WriteError) as exc:  # not found, or a missing or unusable file

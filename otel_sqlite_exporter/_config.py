@@ -70,7 +70,8 @@ class Options:
     redact: bool | Callable[[str], str] = True
     #: Regular expressions redacted in addition to the defaults.
     redact_patterns: tuple[re.Pattern[str], ...] = ()
-    #: Per-session token and cost limits, tracked as LLM spans end.
+    #: Per-session token and cost limits, tracked as LLM spans end (each processor or exporter
+    #: counts the spans it sees).
     budget: TokenBudget | None = None
 
     @classmethod
@@ -282,7 +283,12 @@ def _budget(given: Mapping[str, Any], env: Mapping[str, str]) -> TokenBudget | N
     cost = _pick({}, env, "budget", ENV_BUDGET_MAX_COST, _number(0), None)
     if tokens is None and cost is None:
         return None
-    return TokenBudget(tokens, max_cost_usd=cost)
+    try:
+        return TokenBudget(tokens, max_cost_usd=cost)
+    except ConfigurationError as exc:
+        raise ConfigurationError(
+            f"environment variables {ENV_BUDGET_MAX_TOKENS} / {ENV_BUDGET_MAX_COST}: {exc}"
+        ) from None
 
 
 __all__ = ["ModelPrice", "Options", "parse_size"]

@@ -35,6 +35,10 @@ class SchemaVersionError(TraceFileError):
         self.supported = supported
 
 
+class ReadOnlyStoreError(TraceFileError):
+    """A ``TraceStore`` opened read-only (the default) was asked to change the file."""
+
+
 class NotATraceFileError(TraceFileError):
     """The file exists but is not an otel-sqlite-exporter trace database."""
 

@@ -11,9 +11,11 @@ from typing import Any
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
+from otel_sqlite_exporter._budget import BudgetAlert, BudgetMark, BudgetTracker
 from otel_sqlite_exporter._config import Options
 from otel_sqlite_exporter._fork import on_fork
 from otel_sqlite_exporter._health import WriteHealth, abandon
+from otel_sqlite_exporter._retention import RetentionSweeper
 from otel_sqlite_exporter._writer import TraceWriter
 
 
@@ -23,6 +25,9 @@ class SQLiteSpanExporter(SpanExporter):
     With no arguments every option comes from ``OTEL_EXPORTER_SQLITE_*`` (the SDK's
     auto-configuration constructs it that way). ``export()`` never raises: a batch that cannot be
     written returns ``SpanExportResult.FAILURE`` and the reason is logged once.
+
+    With ``budget=TokenBudget(...)`` the spans of each batch are counted against their sessions
+    and the budget's callbacks run on the exporting thread, after the batch's write.
     """
 
     def __init__(self, path: str | os.PathLike[str] | None = None, **options: Any) -> None:
@@ -31,6 +36,10 @@ class SQLiteSpanExporter(SpanExporter):
         self._lock = threading.Lock()
         self._health = WriteHealth(self.options.path)
         self._shutdown = False
+        budget = self.options.budget
+        self._budget = None if budget is None else BudgetTracker(budget, self.options.prices)
+        # Started once the writer has opened (and so created) the file; stopped by shutdown().
+        self._sweeper = RetentionSweeper.from_options(self.options)
         # export() runs inside SQLite under the lock; fork() waits for it (see _fork).
         on_fork(
             self,
@@ -42,14 +51,40 @@ class SQLiteSpanExporter(SpanExporter):
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         if self._shutdown:
             return SpanExportResult.FAILURE
-        with self._lock:
-            try:
-                self._open().write(spans)
-            except Exception as exc:  # noqa: BLE001 - the exporter contract forbids raising
-                self._health.failure(exc, lost=len(spans))
-                return SpanExportResult.FAILURE
+        marks: list[BudgetMark] = []
+        alerts: list[BudgetAlert] = []
+        if self._budget is not None:
+            self._count(self._budget, spans, marks, alerts)
+        try:
+            with self._lock:
+                try:
+                    self._open().write(spans, marks=marks)
+                except Exception as exc:  # noqa: BLE001 - the exporter contract forbids raising
+                    self._health.failure(exc, lost=len(spans))
+                    return SpanExportResult.FAILURE
+        finally:
+            # Outside the lock: a callback may itself end spans that reach this exporter.
+            if alerts:
+                self._budget.notify(alerts)  # type: ignore[union-attr]
         self._health.wrote(len(spans))
         return SpanExportResult.SUCCESS
+
+    @staticmethod
+    def _count(
+        budget: BudgetTracker,
+        spans: Sequence[ReadableSpan],
+        marks: list[BudgetMark],
+        alerts: list[BudgetAlert],
+    ) -> None:
+        # No on_start here: each trace's session is learned from the batch first, in start order
+        # as the processor would, then usage is counted in end order (children before parents).
+        for span in sorted(spans, key=lambda s: s.start_time or 0):
+            budget.learn(span)
+        for span in spans:
+            seen = budget.observe(span)
+            if seen is not None:
+                marks.extend(seen[0])
+                alerts.extend(seen[1])
 
     def shutdown(self) -> None:
         with self._lock:
@@ -57,6 +92,8 @@ class SQLiteSpanExporter(SpanExporter):
             if self._writer is not None:
                 self._writer.close()
             self._writer = None
+        if self._sweeper is not None:
+            self._sweeper.stop()
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         # Every export() commits before it returns: there is nothing buffered here.
@@ -70,10 +107,14 @@ class SQLiteSpanExporter(SpanExporter):
     def _after_fork_in_child(self) -> None:
         # The parent's connection is not ours to use or close: keep it untouched, open our own.
         self._lock = threading.Lock()
+        if self._budget is not None:
+            self._budget.after_fork()
         abandon(self._writer)
         self._writer = None
 
     def _open(self) -> TraceWriter:
         if self._writer is None:
             self._writer = TraceWriter(self.options)
+            if self._sweeper is not None:
+                self._sweeper.start()
         return self._writer

@@ -22,9 +22,11 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
 from otel_sqlite_exporter import _session
+from otel_sqlite_exporter._budget import BudgetMark, BudgetTracker
 from otel_sqlite_exporter._config import Options
 from otel_sqlite_exporter._fork import on_fork
 from otel_sqlite_exporter._health import WriteHealth, abandon
+from otel_sqlite_exporter._retention import RetentionSweeper
 from otel_sqlite_exporter._session import (
     SESSION_ATTRIBUTE,
     USER_ATTRIBUTE,
@@ -58,6 +60,9 @@ class SQLiteSpanProcessor(SpanProcessor):
     Options are those of :class:`~otel_sqlite_exporter.SQLiteSpanExporter` plus the queue settings
     (``max_queue_size``, ``max_batch_size``, ``schedule_delay_millis``); explicit arguments win
     over ``OTEL_EXPORTER_SQLITE_*`` environment variables.
+
+    With ``budget=TokenBudget(...)`` each ended span's usage is counted against its session on the
+    thread that ends it, so a budget callback runs before the application's next step.
     """
 
     def __init__(self, path: str | os.PathLike[str] | None = None, **options: Any) -> None:
@@ -74,6 +79,10 @@ class SQLiteSpanProcessor(SpanProcessor):
         self._shutdown = False
         self._writer: TraceWriter | None = None
         self._open_lock = threading.Lock()
+        budget = self.options.budget
+        self._budget = None if budget is None else BudgetTracker(budget, self.options.prices)
+        # Started once the writer has opened (and so created) the file; stopped by shutdown().
+        self._sweeper = RetentionSweeper.from_options(self.options)
         self._start_threads()
         add_listener(self)
         on_fork(
@@ -100,6 +109,8 @@ class SQLiteSpanProcessor(SpanProcessor):
                 self._wake.set()
         elif not self._shutdown:
             self._drop()
+        if self._budget is not None:
+            self._budget.learn(span)
 
     def on_end(self, span: ReadableSpan) -> None:
         queue = self._queue
@@ -109,11 +120,29 @@ class SQLiteSpanProcessor(SpanProcessor):
                 self._wake.set()
         elif not self._shutdown:
             self._drop()
+        if self._budget is not None:
+            self._count(self._budget, span)
+
+    def _count(self, budget: BudgetTracker, span: ReadableSpan) -> None:
+        # Counted even when the span itself was dropped: the budget is about what the application
+        # spends, not what was stored. Marks follow the span in the queue (so they are applied once
+        # it is stored) and bypass the bound like session events: a session has at most three.
+        seen = budget.observe(span)
+        if seen is None:
+            return
+        marks, alerts = seen
+        if not self._shutdown:
+            self._queue.extend(marks)
+        budget.notify(alerts)
 
     def session_event(self, event: SessionEvent) -> None:
         """Called by session() blocks; events bypass the bound, they are few and carry the outcome."""
         if not self._shutdown:
             self._queue.append(event)
+            if event.kind == "open" and self._budget is not None:
+                mark = self._budget.track(event.session_id)
+                if mark is not None:
+                    self._queue.append(mark)
 
     def _drop(self) -> None:
         with self._drop_lock:
@@ -140,6 +169,8 @@ class SQLiteSpanProcessor(SpanProcessor):
         for thread in (self._thread, self._committer):
             if thread.is_alive() and thread is not threading.current_thread():
                 thread.join()
+        if self._sweeper is not None:
+            self._sweeper.stop()
 
     @property
     def stats(self) -> dict[str, Any]:
@@ -191,6 +222,7 @@ class SQLiteSpanProcessor(SpanProcessor):
         while queue:
             latest: dict[int, ReadableSpan] = {}
             events: list[SessionEvent] = []
+            marks: list[BudgetMark] = []
             flushes: list[_Flush] = []
             count = 0
             while queue and count < _MAP_BATCH:
@@ -201,6 +233,8 @@ class SQLiteSpanProcessor(SpanProcessor):
                     count += 1
                 elif isinstance(item, SessionEvent):
                     events.append(item)
+                elif isinstance(item, BudgetMark):
+                    marks.append(item)
                 else:
                     flushes.append(item)
             self._drained += count
@@ -212,7 +246,7 @@ class SQLiteSpanProcessor(SpanProcessor):
                     self._health.failure(exc, lost=count)
                     count = 0
             del latest  # the spans can go now, while they are young
-            self._hand_over(_Batch(payload, events, flushes, count))
+            self._hand_over(_Batch(payload, events, flushes, count, marks))
 
     def _hand_over(self, batch: _Batch | None) -> None:
         size = len(batch.payload) if batch is not None and batch.payload is not None else 0
@@ -281,12 +315,13 @@ class SQLiteSpanProcessor(SpanProcessor):
     def _commit(self, batches: list[_Batch]) -> None:
         payloads = [b.payload for b in batches if b.payload is not None]
         events = [event for b in batches for event in b.events]
+        marks = [mark for b in batches for mark in b.marks]
         count = sum(b.count for b in batches)
-        if not payloads and not events:
+        if not payloads and not events and not marks:
             return
         for attempt in range(_ATTEMPTS):
             try:
-                self._open().commit(payloads, events)
+                self._open().commit(payloads, events, marks)
             except Exception as exc:  # noqa: BLE001 - a failed write must never stop the writer
                 last = attempt == _ATTEMPTS - 1
                 self._health.failure(exc, lost=count if last else 0)
@@ -302,6 +337,8 @@ class SQLiteSpanProcessor(SpanProcessor):
         with self._open_lock:
             if self._writer is None:
                 self._writer = TraceWriter(self.options)
+                if self._sweeper is not None:
+                    self._sweeper.start()
             return self._writer
 
     def _before_fork(self) -> None:
@@ -324,6 +361,8 @@ class SQLiteSpanProcessor(SpanProcessor):
         self._drained = 0
         self._drop_lock = threading.Lock()
         self._health = WriteHealth(self.options.path)
+        if self._budget is not None:
+            self._budget.after_fork()
         if not self._shutdown:
             self._start_threads()
 
@@ -334,3 +373,4 @@ class _Batch:
     events: list[SessionEvent]
     flushes: list[_Flush]
     count: int  # span events in the batch
+    marks: list[BudgetMark]

@@ -18,9 +18,10 @@ from datetime import datetime
 from typing import Any
 
 from otel_sqlite_exporter import _export, _render
-from otel_sqlite_exporter._exceptions import NotFoundError, QueryError
+from otel_sqlite_exporter._exceptions import NotFoundError, QueryError, ReadOnlyStoreError
 from otel_sqlite_exporter._normalize import SPAN_TYPES
 from otel_sqlite_exporter._records import (
+    BUDGET_STATUSES,
     ENTRY_COLUMNS,
     ENTRY_FROM,
     ENTRY_JOINS,
@@ -37,6 +38,12 @@ from otel_sqlite_exporter._records import (
     from_ns,
     session_from_row,
     to_ns,
+)
+from otel_sqlite_exporter._retention import (
+    RetentionSweeper,
+    check_days,
+    read_retention_days,
+    write_retention_days,
 )
 from otel_sqlite_exporter._schema import connect, open_reader
 from otel_sqlite_exporter._tree import SessionTree, TraceNode, build_traces
@@ -106,6 +113,7 @@ class TraceStore:
             os.fspath(path or os.environ.get("OTEL_EXPORTER_SQLITE_PATH") or "traces.db")
         )
         self.readonly = readonly
+        self._busy_timeout_millis = busy_timeout_millis
         if readonly:
             self._conn = open_reader(self.path, busy_timeout_millis=busy_timeout_millis)
         else:
@@ -147,8 +155,10 @@ class TraceStore:
         since: datetime | str | None = None,
         until: datetime | str | None = None,
         user_id: str | None = None,
+        budget_status: str | None = None,
     ) -> list[TraceSession]:
-        """Sessions, newest first; ``since``/``until`` bound their start time (until is exclusive)."""
+        """Sessions, newest first; ``since``/``until`` bound their start time (until is exclusive);
+        ``budget_status`` is ok, warning or exceeded (sessions a ``TokenBudget`` tracked)."""
         where, params = [], []
         if status is not None:
             where.append("se.status = ?")
@@ -160,9 +170,14 @@ class TraceStore:
         if user_id is not None:
             where.append("se.user_id = ?")
             params.append(user_id)
+        if budget_status is not None:
+            where.append("se.budget_status = ?")
+            params.append(_choice(budget_status, BUDGET_STATUSES, "budget_status"))
         order = "ORDER BY se.start_time_unix_nano DESC, se.rowid DESC"
         sql = f"{_SESSIONS} {_where(where)} {order} LIMIT ? OFFSET ?"
         with self._read() as conn:
+            if budget_status is not None and conn.execute("PRAGMA user_version").fetchone()[0] < 3:
+                return []  # a file from before budgets were recorded
             rows = conn.execute(sql, (*params, *_page(limit, offset))).fetchall()
         return [session_from_row(row) for row in rows]
 
@@ -408,6 +423,53 @@ class TraceStore:
             cost_usd=cost,
             models=models,
         )
+
+    # -- retention ---------------------------------------------------------------------------------
+
+    def get_settings(self) -> dict[str, str]:
+        """The file's ``settings`` table (``retention_days``, when the last sweep ran, ...)."""
+        with self._read() as conn:
+            return {key: value for key, value in conn.execute("SELECT key, value FROM settings ORDER BY key")}
+
+    def get_retention_days(self) -> int:
+        """Days a session is kept after its last activity (0: forever); the file's setting, default 30.
+
+        A setting that is not a whole number of days raises ``TraceFileError``.
+        """
+        with self._read() as conn:
+            return read_retention_days(conn, self.path)
+
+    def set_retention_days(self, days: int) -> None:
+        """Store the retention period in the file, for every process and sweep that reads it."""
+        check_days(days, "days")
+        self._writable("set_retention_days")
+        with self._lock:
+            write_retention_days(self._conn, days)
+
+    def cleanup_old_traces(self, retention_days: int | None = None) -> int:
+        """Delete sessions with no activity for ``retention_days`` (default: the file's setting; 0
+        deletes nothing), whole and in small transactions so writers keep writing, and give the space
+        back; returns the number of spans deleted. Running sessions stay (stale ones are marked
+        interrupted first); see :class:`RetentionSweeper` for the rules.
+        """
+        if retention_days is not None:
+            check_days(retention_days)
+        self._writable("cleanup_old_traces")
+        sweeper = RetentionSweeper(
+            self.path, retention_days=retention_days, busy_timeout_millis=self._busy_timeout_millis
+        )
+        try:
+            return sweeper.sweep_once().deleted_spans
+        finally:
+            sweeper.close()
+
+    def _writable(self, method: str) -> None:
+        if self.readonly:
+            raise ReadOnlyStoreError(
+                self.path,
+                f"{method}() changes the file, and this TraceStore was opened read-only; "
+                "open it with TraceStore(path, readonly=False)",
+            )
 
     def follow(
         self,

@@ -14,6 +14,8 @@ from typing import Any
 
 import orjson
 
+# The values of TraceSession.budget_status, beside SESSION_STATUSES for the read side.
+from otel_sqlite_exporter._budget import BUDGET_STATUSES as BUDGET_STATUSES
 from otel_sqlite_exporter._exceptions import QueryError
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -98,7 +100,12 @@ class _Record:
 
 @dataclass(frozen=True, slots=True)
 class TraceSession(_Record):
-    """One session: a task of the application, one or more traces, with its rollups."""
+    """One session: a task of the application, one or more traces, with its rollups.
+
+    ``budget_status`` is where the session stands against the writer's ``TokenBudget``, one of
+    ``BUDGET_STATUSES`` ("ok", "warning", "exceeded"; it never goes back), or None when no budget
+    tracked it.
+    """
 
     id: str
     task: str | None
@@ -119,16 +126,24 @@ class TraceSession(_Record):
     error_count: int
     start_time_unix_nano: int | None
     end_time_unix_nano: int | None
+    budget_status: str | None = None
 
 
-# The columns behind a TraceSession, in field order.
-SESSION_COLUMNS = """se.session_id, se.task, se.status, se.start_time_unix_nano, se.end_time_unix_nano,
+# A file written before schema 3 has no budget_status column, and the read side reads such a file
+# as it is. Names resolve from the innermost query outward: the inner budget_status is the sessions
+# column where there is one, else the NULL of the enclosing subquery. Both are rowid look-ups.
+_BUDGET_STATUS = """(SELECT (SELECT budget_status FROM sessions AS b WHERE b.rowid = se.rowid)
+        FROM (SELECT NULL AS budget_status FROM sessions AS d WHERE d.rowid = se.rowid))"""
+
+# The columns behind a TraceSession, in field order (FROM sessions AS se).
+SESSION_COLUMNS = f"""se.session_id, se.task, se.status, se.start_time_unix_nano, se.end_time_unix_nano,
     se.user_id, se.service_name, se.span_count, se.input_tokens, se.output_tokens,
-    se.cache_read_tokens, se.cache_write_tokens, se.reasoning_tokens, se.cost_usd, se.error_count"""
+    se.cache_read_tokens, se.cache_write_tokens, se.reasoning_tokens, se.cost_usd, se.error_count,
+    {_BUDGET_STATUS}"""
 
 
 def session_from_row(row: Sequence[Any]) -> TraceSession:
-    (sid, task, status, start, end, user, service, spans, inp, out, cr, cw, rs, cost, errors) = row
+    (sid, task, status, start, end, user, service, spans, inp, out, cr, cw, rs, cost, errors, budget) = row
     return TraceSession(
         id=sid,
         task=task,
@@ -149,6 +164,7 @@ def session_from_row(row: Sequence[Any]) -> TraceSession:
         error_count=errors,
         start_time_unix_nano=start,
         end_time_unix_nano=end,
+        budget_status=budget,
     )
 
 

@@ -20,6 +20,7 @@ from otel_sqlite_exporter._tree import SessionTree, SpanNode
 
 if TYPE_CHECKING:
     from otel_sqlite_exporter._query import StoreStats
+    from otel_sqlite_exporter._retention import SweepPlan, SweepResult
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
@@ -136,6 +137,9 @@ def tokens(inp: int | None, out: int | None) -> str:
     return f"{inp or 0:,} in / {out or 0:,} out"
 
 
+_BUDGET_PAINT = {"warning": ("yellow",), "exceeded": ("red", "bold")}
+
+
 def session_header(session: TraceSession, style: Style) -> list[str]:
     title = f"Session {style(clean(session.id), 'bold')}"
     if session.task:
@@ -149,6 +153,9 @@ def session_header(session: TraceSession, style: Style) -> list[str]:
         style(plural(session.error_count, "error"), "red") if session.error_count else "",
         f"user {clean(session.user_id)}" if session.user_id else "",
         f"service {clean(session.service_name)}" if session.service_name else "",
+        style(f"budget {session.budget_status}", *_BUDGET_PAINT.get(session.budget_status, ()))
+        if session.budget_status
+        else "",
     ]
     return [f"{title}  {style.status(session.status)}", "  " + " · ".join(f for f in facts if f)]
 
@@ -269,7 +276,7 @@ def table(
 _CELL_TEXT = 60
 
 
-def sessions_table(sessions: Iterable[TraceSession], style: Style) -> str:
+def sessions_table(sessions: Sequence[TraceSession], style: Style) -> str:
     rows = [
         [
             s.id,
@@ -282,7 +289,11 @@ def sessions_table(sessions: Iterable[TraceSession], style: Style) -> str:
         ]
         for s in sessions
     ]
-    headers = ("SESSION", "STARTED", "STATUS", "SPANS", "TOKENS", "COST", "TASK")
+    headers = ["SESSION", "STARTED", "STATUS", "SPANS", "TOKENS", "COST", "TASK"]
+    if any(s.budget_status for s in sessions):  # a column only when a budget tracks some session
+        headers.insert(6, "BUDGET")
+        for row, s in zip(rows, sessions, strict=True):
+            row.insert(6, s.budget_status or "-")
     return table(headers, rows, style, right={3, 4, 5}, paint={2: style.status})
 
 
@@ -484,3 +495,94 @@ def tail_line(entry: TraceEntry, style: Style, *, with_session: bool) -> str:
     line = span_line(entry, style, inp=entry.input_tokens, out=entry.output_tokens, cost_usd=entry.cost_usd)
     where = f"{style(clean(entry.session_id), 'dim')}  " if with_session else ""
     return f"{style(stamp, 'dim')}  {marker}  {where}{line}"
+
+
+# -- retention -------------------------------------------------------------------------------------
+
+
+def sweep_result(result: SweepResult, style: Style) -> str:
+    """What a sweep did: deleted, marked interrupted, space given back."""
+    lines = [style("Swept", "bold")]
+    lines += _field_lines(
+        [
+            (
+                "deleted",
+                f"{plural(result.deleted_sessions, 'session')}, {plural(result.deleted_traces, 'trace')}, "
+                f"{plural(result.deleted_spans, 'span')}",
+            ),
+            (
+                "interrupted",
+                f"{plural(result.interrupted_sessions, 'stale running session')} marked interrupted"
+                if result.interrupted_sessions
+                else None,
+            ),
+            ("reclaimed", f"{size(result.bytes_reclaimed)} (the file is now {size(result.file_bytes)})"),
+            ("took", f"{result.duration_s:.2f} s"),
+            ("stopped", None if result.complete else "before the end; the next sweep carries on"),
+        ],
+        style,
+    )
+    return "\n".join(lines)
+
+
+def sweep_plan(plan: SweepPlan, style: Style, *, limit: int) -> str:
+    """A dry run: the sessions a sweep would delete (the first ``limit``), and why."""
+    by_age = sum(1 for p in plan.sessions if p.reason == "age")
+    by_size = len(plan.sessions) - by_age
+    reasons = []
+    if plan.cutoff is not None:
+        reasons.append(
+            f"{by_age:,} with no activity since {when(plan.cutoff)} "
+            f"({plural(plan.retention_days, 'day')} of retention)"
+        )
+    else:
+        reasons.append("none by age (retention_days is 0: kept forever)")
+    if plan.max_db_bytes is not None:
+        reasons.append(
+            f"{by_size:,} of the oldest to bring {size(plan.live_bytes)} of data under "
+            f"{size(plan.max_db_bytes)} (an estimate)"
+        )
+    lines = [
+        style("Dry run: nothing was changed.", "bold"),
+        f"Would delete {plural(plan.deleted_sessions, 'session')} ({plural(plan.deleted_traces, 'trace')}, "
+        f"{plural(plan.deleted_spans, 'span')}): " + "; ".join(reasons) + ".",
+    ]
+    if plan.interrupted:
+        lines.append(
+            f"Would first mark {plural(len(plan.interrupted), 'stale running session')} interrupted: "
+            + ", ".join(clean(s) for s in plan.interrupted[:limit])
+            + (" ..." if len(plan.interrupted) > limit else "")
+        )
+    shown = plan.sessions[:limit]
+    if shown:
+        rows = [
+            [
+                p.session_id,
+                when(p.last_activity),
+                p.status,
+                count(p.traces),
+                count(p.spans),
+                p.reason,
+                truncate(clean(p.task or ""), _CELL_TEXT),
+            ]
+            for p in shown
+        ]
+        headers = ("SESSION", "LAST ACTIVITY", "STATUS", "TRACES", "SPANS", "REASON", "TASK")
+        lines.append("")
+        lines.append(table(headers, rows, style, right={3, 4}, paint={2: style.status}))
+    if len(plan.sessions) > len(shown):
+        lines.append(
+            f"... and {len(plan.sessions) - len(shown):,} more (--limit N lists more, --json lists all)"
+        )
+    return "\n".join(lines)
+
+
+def settings_table(settings: Mapping[str, str | None], style: Style) -> str:
+    """The settings table; times (``*_unix_nano``) shown as UTC times."""
+    rows = []
+    for key, value in settings.items():
+        shown = "" if value is None else value
+        if key.endswith("_unix_nano") and shown.isascii() and shown.isdigit():
+            shown = _iso_ns(int(shown))
+        rows.append([key, shown])
+    return table(("SETTING", "VALUE"), rows, style)

@@ -9,16 +9,19 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import stat
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import TypeVar
 from urllib.request import pathname2url
 
 from otel_sqlite_exporter._exceptions import NotATraceFileError, SchemaVersionError, TraceFileError
 
 logger = logging.getLogger("otel_sqlite_exporter")
+T = TypeVar("T")
 
-_SQLITE_MAGIC = b"SQLite format 3\x00"
 _ISO = "strftime('%Y-%m-%dT%H:%M:%fZ', {col} / 1000000000.0, 'unixepoch')"
 _TOKENS = """
     input_tokens INTEGER NOT NULL DEFAULT 0,
@@ -236,6 +239,9 @@ _V3 = Migration(
         # NULL when no budget tracks the session; else ok, warning or exceeded (never goes back).
         """ALTER TABLE sessions ADD COLUMN budget_status TEXT
             CHECK (budget_status IN ('ok', 'warning', 'exceeded'))""",
+        # get_sessions(budget_status=...): the sessions a budget tracks, newest first.
+        """CREATE INDEX sessions_by_budget ON sessions (budget_status, start_time_unix_nano)
+            WHERE budget_status IS NOT NULL""",
     ),
 )
 
@@ -253,13 +259,18 @@ def connect(path: str, *, busy_timeout_millis: int = 10_000, create: bool = True
     fresh = _prepare_file(path, create)
 
     def setup(conn: sqlite3.Connection) -> None:
-        _check_foreign(conn, path, fresh)
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_millis)}")
-        if fresh:
-            # Only possible before the first table: retention then gives freed pages back to the
-            # file system a step at a time (PRAGMA incremental_vacuum) instead of by a full VACUUM.
+        empty = _check_foreign(conn, path, fresh)
+        if fresh or empty:
+            # Only possible before the first page is written: retention then gives freed pages back
+            # to the file system a step at a time (PRAGMA incremental_vacuum) instead of by a full
+            # VACUUM. Also when another process created the file a moment ago and has not written
+            # it yet: whichever process writes first must write it this way.
             conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
-        if conn.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
+        mode = _while_locked(
+            lambda: conn.execute("PRAGMA journal_mode = WAL").fetchone()[0], busy_timeout_millis
+        )
+        if mode.lower() != "wal":
             raise TraceFileError(path, "cannot switch to WAL journal mode")
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("PRAGMA temp_store = MEMORY")
@@ -281,10 +292,9 @@ def open_reader(path: str, *, busy_timeout_millis: int = 10_000) -> sqlite3.Conn
         raise TraceFileError(path, "is empty: nothing has been written to it yet")
 
     def setup(conn: sqlite3.Connection) -> None:
-        _check_foreign(conn, path, fresh=False)
-        if conn.execute("PRAGMA user_version").fetchone()[0] == 0:
-            raise TraceFileError(path, "has no trace schema yet: nothing has been written to it")
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_millis)}")
+        if _check_foreign(conn, path, fresh=False):
+            raise TraceFileError(path, "has no trace schema yet: nothing has been written to it")
         conn.execute("PRAGMA cache_size = -32768")
 
     return _open(path, f"file:{pathname2url(path)}?mode=ro", busy_timeout_millis, setup)
@@ -309,6 +319,8 @@ def _open(
         setup(conn)
     except sqlite3.DatabaseError as exc:
         conn.close()
+        if "file is not a database" in str(exc):
+            raise NotATraceFileError(path, "is not a SQLite database (it was left untouched)") from exc
         raise NotATraceFileError(path, f"not a usable SQLite database: {exc}") from exc
     except BaseException:
         conn.close()
@@ -366,10 +378,16 @@ def _enable_incremental_vacuum(conn: sqlite3.Connection, path: str) -> None:
 
 
 def _prepare_file(path: str, create: bool) -> bool:
-    """True when the file is new (or empty). Creates it, and its folder, owner-only."""
+    """True when the file is new (or empty). Creates it, and its folder, owner-only.
+
+    The file is only looked at (``stat``), never opened here: closing any descriptor of a file
+    releases every POSIX lock this process holds on it, those of its open SQLite connections
+    included, and another process closing its own connection would then take the file for unused
+    and delete its write-ahead log and shared memory while this process still uses them. SQLite
+    itself tells a file that is not a database (see ``_open``).
+    """
     try:
-        with open(path, "rb") as handle:
-            header = handle.read(len(_SQLITE_MAGIC))
+        info = os.stat(path)
     except FileNotFoundError:
         if not create:
             raise TraceFileError(path, "no such trace file") from None
@@ -381,29 +399,54 @@ def _prepare_file(path: str, create: bool) -> bool:
         except OSError as exc:
             raise TraceFileError(path, f"cannot create the trace file: {exc.strerror or exc}") from exc
         return True
-    except IsADirectoryError:
-        raise TraceFileError(path, "is a directory, not a trace file") from None
     except OSError as exc:
         raise TraceFileError(path, f"cannot read: {exc.strerror or exc}") from exc
-    if not header:
-        return True
-    if header != _SQLITE_MAGIC:
-        raise NotATraceFileError(path, "is not a SQLite database (it was left untouched)")
-    return False
+    if stat.S_ISDIR(info.st_mode):
+        raise TraceFileError(path, "is a directory, not a trace file")
+    return info.st_size == 0
 
 
-def _check_foreign(conn: sqlite3.Connection, path: str, fresh: bool) -> None:
+def _check_foreign(conn: sqlite3.Connection, path: str, fresh: bool) -> bool:
+    """Refuse a file that is not ours (or is newer); True when it has no tables yet."""
     if fresh:
-        return
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
+        return True
+    # One statement, so one snapshot: another process may be creating the schema right now, and
+    # its tables must not be seen without the version that comes with them.
+    version, ours, tables = conn.execute(
+        "SELECT (SELECT user_version FROM pragma_user_version), "
+        "EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'schema_migrations'), "
+        "EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table')"
+    ).fetchone()
     if version > 0:
-        if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'schema_migrations'").fetchone():
+        if not ours:
             raise NotATraceFileError(
                 path, "is a SQLite database of another application (it was left untouched)"
             )
         if version > SCHEMA_VERSION:
             # Checked before anything (even the journal mode) is changed in the file.
             raise SchemaVersionError(path, version, SCHEMA_VERSION)
-        return
-    if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' LIMIT 1").fetchone():
+        return False
+    if tables:
         raise NotATraceFileError(path, "is a SQLite database of another application (it was left untouched)")
+    return True
+
+
+def _while_locked(run: Callable[[], T], busy_timeout_millis: int) -> T:
+    """``run()``, tried again while another connection holds the lock it needs.
+
+    Switching the journal mode needs the file to itself, and SQLite reports a conflict there at
+    once instead of calling the busy handler: two processes opening a new file at the same moment
+    would otherwise fail with "database is locked".
+    """
+    deadline = time.monotonic() + busy_timeout_millis / 1000
+    pause = 0.001
+    while True:
+        try:
+            return run()
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            if time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)

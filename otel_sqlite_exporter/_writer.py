@@ -24,6 +24,7 @@ from typing import Any
 
 from opentelemetry.sdk.trace import ReadableSpan
 
+from otel_sqlite_exporter._budget import BUDGET_STATUSES, BudgetMark
 from otel_sqlite_exporter._config import Options
 from otel_sqlite_exporter._normalize import (
     COUNT_SLOTS,
@@ -39,6 +40,7 @@ from otel_sqlite_exporter._normalize import (
     SpanMapper,
     attribute_key_rows,
     encode_rows,
+    to_json,
 )
 from otel_sqlite_exporter._pricing import PriceTable
 from otel_sqlite_exporter._schema import connect
@@ -191,6 +193,23 @@ _SPAN_DATA = {
     "is_root": f"s.flags & {FLAG_ROOT}",
     "has_usage": f"({_has_tokens} OR s.explicit_cost IS NOT NULL)",
 }
+# Budget events are added to a stored span after the batch that holds it (see _ADD_BUDGET_EVENT); the
+# span written again (a re-export) keeps them. The test on the old text is all a span without them
+# costs, so the common rewrite (an end row over its start row, events NULL) stays as cheap as before.
+_kept_events = " OR ".join(f"value ->> 'name' = 'budget.{status}'" for status in BUDGET_STATUSES[1:])
+_UPDATED = {
+    "events": f"""CASE
+        WHEN spans.events IS NULL OR instr(spans.events, '"budget.') = 0 OR NOT json_valid(spans.events)
+            THEN excluded.events
+        ELSE (SELECT json_group_array(json(e.value)) FROM (
+            SELECT 0 AS part, key, value FROM json_each(coalesce(excluded.events, '[]'))
+            UNION ALL
+            SELECT 1, key, value FROM json_each(spans.events)
+            WHERE ({_kept_events})
+              AND value NOT IN (SELECT value FROM json_each(coalesce(excluded.events, '[]')))
+            ORDER BY 1, 2) AS e) END""",
+}
+_REWRITTEN = ", ".join(f"{c} = {_UPDATED.get(c, f'excluded.{c}')}" for c in _SPAN_DATA)
 _STORE_TRIGGER = f"""
 CREATE TEMP TRIGGER store_batch INSTEAD OF INSERT ON store_batch BEGIN
     -- A trace's session: its root's explicit session, else the earliest-starting span's, else its
@@ -206,7 +225,10 @@ CREATE TEMP TRIGGER store_batch INSTEAD OF INSERT ON store_batch BEGIN
     ) AS b ON b.trace_id = s.trace_id
     GROUP BY s.trace_id;
     INSERT INTO moved_traces (trace_id, old_session_id)
-    SELECT t.trace_id, t.session_id FROM staged_traces AS st JOIN traces AS t ON t.trace_id = st.trace_id
+    -- CROSS JOIN keeps the batch's few traces on the outside: the planner, knowing no sizes, would
+    -- otherwise walk every stored trace (here and below).
+    SELECT t.trace_id, t.session_id
+    FROM staged_traces AS st CROSS JOIN traces AS t ON t.trace_id = st.trace_id
     WHERE st.explicit_session IS NOT NULL AND st.explicit_session != t.session_id
       AND (t.session_rank IS NULL OR st.session_rank < t.session_rank);
     INSERT INTO traces (trace_id, session_id, session_rank, service_name)
@@ -224,7 +246,8 @@ CREATE TEMP TRIGGER store_batch INSTEAD OF INSERT ON store_batch BEGIN
       AND NOT EXISTS (SELECT 1 FROM traces AS t WHERE t.session_id = sessions.session_id);
     INSERT INTO sessions (session_id, user_id, service_name)
     SELECT t.session_id, max(st.user_id), max(st.service_name)
-    FROM staged_traces AS st JOIN traces AS t ON t.trace_id = st.trace_id WHERE true GROUP BY t.session_id
+    FROM staged_traces AS st CROSS JOIN traces AS t ON t.trace_id = st.trace_id
+    WHERE true GROUP BY t.session_id
     ON CONFLICT (session_id) DO UPDATE SET
         user_id = coalesce(sessions.user_id, excluded.user_id),
         service_name = coalesce(sessions.service_name, excluded.service_name);
@@ -233,7 +256,7 @@ CREATE TEMP TRIGGER store_batch INSTEAD OF INSERT ON store_batch BEGIN
     FROM staged_spans AS s JOIN traces AS t ON t.trace_id = s.trace_id
     -- Several prepared batches may hold the same span (its start, then its end): in order.
     ORDER BY s.rowid
-    ON CONFLICT (trace_id, span_id) DO UPDATE SET {", ".join(f"{c} = excluded.{c}" for c in _SPAN_DATA)}
+    ON CONFLICT (trace_id, span_id) DO UPDATE SET {_REWRITTEN}
     -- A late start row never overwrites the completed row.
     WHERE excluded.end_time_unix_nano IS NOT NULL OR spans.end_time_unix_nano IS NULL;
     -- Children often arrive before their parents: an ancestor that was not stored yet when a span
@@ -307,7 +330,7 @@ CREATE TEMP TRIGGER finish_batch INSTEAD OF INSERT ON finish_batch BEGIN
     ) AS a
     WHERE traces.trace_id = a.trace_id;
     INSERT OR IGNORE INTO touched_sessions (session_id)
-    SELECT t.session_id FROM staged_traces AS st JOIN traces AS t ON t.trace_id = st.trace_id
+    SELECT t.session_id FROM staged_traces AS st CROSS JOIN traces AS t ON t.trace_id = st.trace_id
     UNION SELECT old_session_id FROM moved_traces;
     UPDATE sessions SET
         span_count = a.n, error_count = a.errors,
@@ -327,7 +350,10 @@ CREATE TEMP TRIGGER finish_batch INSTEAD OF INSERT ON finish_batch BEGIN
                min(t.start_time_unix_nano) AS start_time, max(t.end_time_unix_nano) AS end_time,
                max(t.last_activity_unix_nano) AS last_activity,
                CASE
-                   WHEN se.status = 'interrupted' AND se.managed = 0 THEN 'interrupted'
+                   -- Interrupted (its process died, or went silent) until spans of it arrive again.
+                   WHEN se.status = 'interrupted' AND se.managed = 0 AND se.session_id NOT IN (
+                       SELECT t2.session_id FROM staged_traces AS st2
+                       CROSS JOIN traces AS t2 ON t2.trace_id = st2.trace_id) THEN 'interrupted'
                    WHEN se.managed = 1 THEN CASE
                        WHEN se.outcome IS NULL THEN 'running'
                        WHEN se.outcome != 'completed' THEN se.outcome
@@ -338,7 +364,7 @@ CREATE TEMP TRIGGER finish_batch INSTEAD OF INSERT ON finish_batch BEGIN
                    ELSE 'completed'
                END AS status
         FROM touched_sessions AS ts
-        JOIN sessions AS se ON se.session_id = ts.session_id
+        CROSS JOIN sessions AS se ON se.session_id = ts.session_id
         LEFT JOIN traces AS t ON t.session_id = se.session_id
         GROUP BY se.session_id
     ) AS a
@@ -377,6 +403,38 @@ INSERT INTO sessions (session_id, task, user_id, end_time_unix_nano, managed, ou
 VALUES (:session_id, :task, :user_id, :time, 1, :outcome, :outcome)
 ON CONFLICT (session_id) DO UPDATE SET end_time_unix_nano = excluded.end_time_unix_nano,
     managed = 1, outcome = excluded.outcome
+"""
+
+
+# -- budgets (see _budget) ---------------------------------------------------------------------------
+
+_budget_rank = "CASE {col} " + " ".join(f"WHEN '{s}' THEN {i}" for i, s in enumerate(BUDGET_STATUSES))
+_budget_rank += " END"
+# Each applies a whole batch of marks (a JSON array) in one statement: a statement per mark would
+# wait for the GIL once per mark (see the module's docstring).
+# A session's budget status only moves up: ok, then warning, then exceeded.
+_RAISE_BUDGET_STATUS = f"""
+UPDATE sessions SET budget_status = m.status
+FROM (
+    -- With max(), SQLite takes the bare column (status) from the row holding the maximum.
+    SELECT value ->> 0 AS session_id, value ->> 1 AS status,
+           max({_budget_rank.format(col="value ->> 1")}) AS rank
+    FROM json_each(:marks) GROUP BY 1
+) AS m
+WHERE sessions.session_id = m.session_id
+  AND coalesce({_budget_rank.format(col="sessions.budget_status")}, -1) < m.rank
+"""
+# The event is appended to the crossing span's events (a malformed value, from another writer, is
+# left alone). A span crosses once, so it matches one mark at most.
+_ADD_BUDGET_EVENT = """
+UPDATE spans SET events = json_insert(coalesce(spans.events, '[]'), '$[#]', json(m.event))
+FROM (
+    SELECT value ->> 2 AS trace_id, value ->> 3 AS span_id, value ->> 4 AS event
+    FROM json_each(:marks) WHERE value ->> 4 IS NOT NULL
+) AS m
+WHERE spans.trace_id = m.trace_id AND spans.span_id = m.span_id
+  AND CASE WHEN json_valid(coalesce(spans.events, '[]'))
+      THEN json_type(coalesce(spans.events, '[]')) = 'array' END
 """
 
 
@@ -423,13 +481,18 @@ class TraceWriter:
         #: Spans skipped because they could not be mapped at all (a bug worth reporting).
         self.unmappable = 0
 
-    def write(self, spans: Iterable[ReadableSpan], events: Sequence[SessionEvent] = ()) -> None:
-        """Write the spans (and session events) in one transaction.
+    def write(
+        self,
+        spans: Iterable[ReadableSpan],
+        events: Sequence[SessionEvent] = (),
+        marks: Sequence[BudgetMark] = (),
+    ) -> None:
+        """Write the spans (and session events, and budget marks) in one transaction.
 
         Raises ``sqlite3.Error`` when the transaction fails; nothing of the batch is then stored.
         """
         payload = self.prepare(spans)
-        self.commit([payload] if payload is not None else [], events)
+        self.commit([payload] if payload is not None else [], events, marks)
         self.checkpoint(idle=False)
 
     def prepare(self, spans: Iterable[ReadableSpan]) -> str | None:
@@ -438,14 +501,19 @@ class TraceWriter:
         rows = self._rows(spans)
         return encode_rows(rows) if rows else None
 
-    def commit(self, payloads: Sequence[str], events: Sequence[SessionEvent] = ()) -> None:
-        """Write prepared batches (and session events) in one transaction, in order."""
-        if not payloads and not events:
+    def commit(
+        self, payloads: Sequence[str], events: Sequence[SessionEvent] = (), marks: Sequence[BudgetMark] = ()
+    ) -> None:
+        """Write prepared batches (and session events) in one transaction, in order; budget marks
+        are applied last, when the spans they refer to are stored."""
+        if not payloads and not events and not marks:
             return
         with self.busy:
-            self._commit(payloads, events)
+            self._commit(payloads, events, marks)
 
-    def _commit(self, payloads: Sequence[str], events: Sequence[SessionEvent]) -> None:
+    def _commit(
+        self, payloads: Sequence[str], events: Sequence[SessionEvent], marks: Sequence[BudgetMark] = ()
+    ) -> None:
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -461,6 +529,8 @@ class TraceWriter:
                 conn.execute("INSERT INTO temp.store_batch (go) VALUES (1)")
                 conn.execute(_WALK_UP)
             conn.execute("INSERT INTO temp.finish_batch (go) VALUES (1)")
+            if marks:
+                self._apply_marks(marks)
             conn.execute("COMMIT")
             self._unchecked += sum(len(p) for p in payloads) or 1
         except BaseException:
@@ -516,6 +586,12 @@ class TraceWriter:
         self._conn.execute(
             "INSERT OR IGNORE INTO temp.touched_sessions (session_id) VALUES (?)", (event.session_id,)
         )
+
+    def _apply_marks(self, marks: Sequence[BudgetMark]) -> None:
+        document = to_json([[m.session_id, m.status, m.trace_id, m.span_id, m.event] for m in marks])
+        self._conn.execute(_RAISE_BUDGET_STATUS, {"marks": document})
+        if any(m.event is not None for m in marks):
+            self._conn.execute(_ADD_BUDGET_EVENT, {"marks": document})
 
     def _resource_id(self, attributes: str, schema_url: str | None, service_name: str | None) -> int:
         # Called while mapping, which may overlap a commit in another thread: resources get a

@@ -26,6 +26,8 @@ def query(path: Path, sql: str, params: Sequence[object] = ()) -> list[tuple]:
 
 
 def sha256(path: Path) -> str:
+    # Reading a trace file through a descriptor of its own drops this process's SQLite locks on it
+    # when the descriptor closes: only for files no connection in this process has open.
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 

@@ -97,3 +97,21 @@ def test_throughput_benchmark(tmp_path: Path) -> None:
             out,
         )
     assert len(re.findall(r"^  median\s", out, re.M)) == 3
+
+
+def test_retention_benchmark(tmp_path: Path) -> None:
+    out = run("retention.py", "--spans", "1000", "--baseline-seconds", "0.5", cwd=tmp_path)
+    assert re.search(r"^generated 1,000 old spans \(and 100 recent\) in [\d.]+ s$", out, re.M), out
+    assert re.search(rf"^sweep: deleted 20 sessions, 100 traces, 1,000 spans in {NUMBER} s", out, re.M), out
+    sizes = re.search(
+        rf"^file on disk \(with its log\): ({NUMBER}) MiB before, ({NUMBER}) MiB after", out, re.M
+    )
+    assert sizes and float(sizes.group(2)) < float(sizes.group(1)), out
+    for label in ("lock wait", "thread commit", "process commit"):
+        for phase in ("writers alone", "during the sweep"):
+            found = re.search(rf"^{label}, {phase}\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}$", out, re.M)
+            assert found, (label, phase, out)
+    assert re.search(
+        r"^p99 lock wait during the sweep: [\d.]+ ms \(target < 100 ms\): (met|NOT met)$", out, re.M
+    )
+    assert not [p.name for p in tmp_path.iterdir()]  # its scratch files are gone

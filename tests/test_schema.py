@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import sqlite3
 import stat
+import subprocess
+import sys
+import threading
+import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -447,3 +452,183 @@ def test_other_applications_database_is_refused_untouched(tmp_path: Path, user_v
     assert sha256(path) == before
     assert query(path, "PRAGMA journal_mode") == [("delete",)]
     assert query(path, "SELECT name FROM customers") == [("ada",)]
+
+
+# --- version 3: last activity, owners, incremental auto-vacuum -------------------------------------------
+
+
+def write_mixed_file(path: Path) -> None:
+    """Sessions of every kind, written through the processor: a session() block, spans naming their
+    session, a trace that is its own session, and a span still open when the file is closed."""
+    processor = SQLiteSpanProcessor(path)
+    provider = TracerProvider()
+    provider.add_span_processor(processor)
+    tracer = provider.get_tracer("test_schema")
+    try:
+        with otel_sqlite_exporter.session(task="managed"), tracer.start_as_current_span("step"):
+            pass
+        with tracer.start_as_current_span("named", attributes={"session.id": "named"}):
+            with tracer.start_as_current_span("child", start_time=time.time_ns()):
+                pass
+        with tracer.start_as_current_span("own session"):
+            pass
+        tracer.start_span("left open", attributes={"session.id": "open"})
+        assert processor.force_flush(10_000)
+    finally:
+        provider.shutdown()
+
+
+def downgrade_to_v2(path: Path) -> None:
+    """The file as version 2 wrote it: no v3 columns, no v3 migration row, no auto-vacuum."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    for statement in (
+        "DROP INDEX sessions_by_activity",
+        "DROP INDEX sessions_by_budget",
+        "ALTER TABLE sessions DROP COLUMN budget_status",
+        "ALTER TABLE sessions DROP COLUMN owner_pid",
+        "ALTER TABLE sessions DROP COLUMN owner_host",
+        "ALTER TABLE sessions DROP COLUMN last_activity_unix_nano",
+        "ALTER TABLE traces DROP COLUMN last_activity_unix_nano",
+        "DELETE FROM schema_migrations WHERE version = 3",
+        "PRAGMA user_version = 2",
+        "PRAGMA auto_vacuum = NONE",
+        "VACUUM",
+    ):
+        conn.execute(statement)
+    assert conn.execute("PRAGMA auto_vacuum").fetchone() == (0,)
+    conn.close()
+
+
+def test_a_new_file_uses_incremental_auto_vacuum(tmp_path: Path) -> None:
+    path = tmp_path / "new.db"
+    write_trace(path)
+    assert query(path, "PRAGMA auto_vacuum") == [(2,)]  # INCREMENTAL
+
+
+def test_writer_keeps_last_activity_and_owner(tmp_path: Path) -> None:
+    path = tmp_path / "t.db"
+    write_mixed_file(path)
+    for trace_id, activity, latest in query(
+        path,
+        "SELECT t.trace_id, t.last_activity_unix_nano, (SELECT max(max(s.start_time_unix_nano), "
+        "coalesce(max(s.end_time_unix_nano), 0)) FROM spans AS s WHERE s.trace_id = t.trace_id) "
+        "FROM traces AS t",
+    ):
+        assert activity == latest, trace_id
+    rows = query(path, "SELECT session_id, last_activity_unix_nano, owner_pid, owner_host FROM sessions")
+    assert len(rows) == 4
+    for session_id, activity, pid, host in rows:
+        latest = query(
+            path,
+            "SELECT max(coalesce(max(t.last_activity_unix_nano), 0), coalesce(se.start_time_unix_nano, 0), "
+            "coalesce(se.end_time_unix_nano, 0)) FROM sessions AS se "
+            "LEFT JOIN traces AS t ON t.session_id = se.session_id WHERE se.session_id = ?",
+            (session_id,),
+        )[0][0]
+        assert activity == latest > 0, session_id
+        assert (pid, host) == (os.getpid(), socket.gethostname()), session_id
+
+
+def test_upgrade_from_version_2_fills_in_last_activity_and_enables_incremental_vacuum(tmp_path: Path) -> None:
+    path = tmp_path / "v2.db"
+    write_mixed_file(path)
+    sessions = query(path, "SELECT session_id, last_activity_unix_nano FROM sessions ORDER BY 1")
+    traces = query(path, "SELECT trace_id, last_activity_unix_nano FROM traces ORDER BY 1")
+    spans = query(path, "SELECT trace_id, span_id, end_time_unix_nano FROM spans ORDER BY 1, 2")
+    downgrade_to_v2(path)
+
+    # Readers take a version 2 file as it is.
+    before = sha256(path)
+    with otel_sqlite_exporter.TraceStore(path) as store:
+        assert {s.id for s in store.get_sessions()} == {row[0] for row in sessions}
+    assert sha256(path) == before
+
+    connect(str(path)).close()
+    assert query(path, "PRAGMA user_version") == [(3,)]
+    assert query(path, "SELECT version FROM schema_migrations ORDER BY version") == [(1,), (2,), (3,)]
+    assert query(path, "PRAGMA auto_vacuum") == [(2,)]
+    # The backfill gives every row the value the writer would have kept.
+    assert query(path, "SELECT session_id, last_activity_unix_nano FROM sessions ORDER BY 1") == sessions
+    assert query(path, "SELECT trace_id, last_activity_unix_nano FROM traces ORDER BY 1") == traces
+    assert query(path, "SELECT trace_id, span_id, end_time_unix_nano FROM spans ORDER BY 1, 2") == spans
+    assert query(path, "SELECT count(*) FROM sessions WHERE owner_pid IS NOT NULL") == [(0,)]
+    plan = query(path, "EXPLAIN QUERY PLAN SELECT * FROM sessions WHERE last_activity_unix_nano < 5")
+    assert "sessions_by_activity" in plan[0][3]
+    # And the writer goes on writing it.
+    write_trace(path, name="after the upgrade")
+    assert query(path, "SELECT count(*) FROM spans WHERE name = 'after the upgrade'") == [(1,)]
+
+
+def test_processes_opening_a_new_file_at_the_same_moment(tmp_path: Path) -> None:
+    # Each round, several connections create one new file at once: none may fail, and whichever
+    # writes first must set incremental auto-vacuum.
+    for round_ in range(15):
+        path = tmp_path / f"race-{round_}.db"
+        barrier = threading.Barrier(4)
+        errors: list[BaseException] = []
+
+        def open_it(
+            path: Path = path, barrier: threading.Barrier = barrier, errors: list[BaseException] = errors
+        ) -> None:
+            barrier.wait()
+            try:
+                connect(str(path)).close()
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=open_it) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+        assert query(path, "PRAGMA auto_vacuum") == [(2,)]
+        assert query(path, "SELECT count(*) FROM schema_migrations") == [
+            (otel_sqlite_exporter.SCHEMA_VERSION,)
+        ]
+
+
+CLOSE_ON_REQUEST = """
+import sys
+from otel_sqlite_exporter._schema import connect
+conn = connect(sys.argv[1])
+conn.execute("INSERT INTO settings (key, value) VALUES ('from another process', '1')")
+print("ready", flush=True)
+sys.stdin.read()
+conn.close()
+"""
+
+
+def test_opening_one_more_connection_keeps_the_log_of_the_others(tmp_path: Path) -> None:
+    # POSIX drops every lock a process holds on a file when it closes any descriptor of it: had
+    # opening a connection read the file itself, this process's open connection would look gone to
+    # another process, which would then delete the shared log and memory while they are in use.
+    path = tmp_path / "shared.db"
+    mine = connect(str(path))
+    mine.execute("INSERT INTO settings (key, value) VALUES ('before', '1')")
+    other = subprocess.Popen(
+        [sys.executable, "-c", CLOSE_ON_REQUEST, str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1])),
+    )
+    try:
+        assert other.stdout is not None
+        assert other.stdout.readline().strip() == "ready"
+        connect(str(path)).close()
+        with otel_sqlite_exporter.TraceStore(path) as store:
+            assert store.get_retention_days() == 30
+    finally:
+        other.communicate("", timeout=20)
+    assert other.returncode == 0
+    # The other process closed last-but-one: the log and shared memory are still there, in use.
+    assert os.path.exists(f"{path}-wal")
+    assert os.path.exists(f"{path}-shm")
+    mine.execute("INSERT INTO settings (key, value) VALUES ('after', '1')")
+    keys = {row[0] for row in query(path, "SELECT key FROM settings")}
+    assert {"before", "from another process", "after"} <= keys
+    mine.close()
+    assert {"before", "from another process", "after"} <= {
+        row[0] for row in query(path, "SELECT key FROM settings")
+    }
