@@ -24,6 +24,7 @@ from otel_sqlite_exporter._pricing import ModelPrice, PriceTable
 from otel_sqlite_exporter._processor import SQLiteSpanProcessor
 from otel_sqlite_exporter._query import StoreStats, TraceStore
 from otel_sqlite_exporter._records import ModelUsage, SearchHit, SessionSummary, TraceEntry, TraceSession
+from otel_sqlite_exporter._redact import ScrubResult, redact_text, scrub_file
 from otel_sqlite_exporter._retention import PlannedDeletion, RetentionSweeper, SweepPlan, SweepResult
 from otel_sqlite_exporter._schema import SCHEMA_VERSION
 from otel_sqlite_exporter._session import session
@@ -49,6 +50,7 @@ __all__ = [
     "SQLiteSpanExporter",
     "SQLiteSpanProcessor",
     "SchemaVersionError",
+    "ScrubResult",
     "SearchHit",
     "SessionSummary",
     "SessionTree",
@@ -63,5 +65,7 @@ __all__ = [
     "TraceSession",
     "TraceStore",
     "configure",
+    "redact_text",
+    "scrub_file",
     "session",
 ]

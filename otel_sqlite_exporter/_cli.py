@@ -11,6 +11,7 @@ Exit codes: 0 success, 1 not found (a session, span or the file itself) or an un
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -28,6 +29,7 @@ from otel_sqlite_exporter._exceptions import ConfigurationError, NotFoundError, 
 from otel_sqlite_exporter._normalize import SPAN_TYPES
 from otel_sqlite_exporter._query import TraceStore
 from otel_sqlite_exporter._records import BUDGET_STATUSES, SESSION_STATUSES, SPAN_STATUSES
+from otel_sqlite_exporter._redact import scrub_file
 from otel_sqlite_exporter._retention import RETENTION_SETTING, RetentionSweeper
 
 PROG = "otel-sqlite"
@@ -185,8 +187,12 @@ def _utf8_stdout() -> None:
 
 
 def _error(message: str) -> None:
+    _warn(message, "error")
+
+
+def _warn(message: str, kind: str = "warning") -> None:
     try:
-        sys.stderr.write(f"{PROG}: error: {message}\n")
+        sys.stderr.write(f"{PROG}: {kind}: {message}\n")
         sys.stderr.flush()
     except (OSError, ValueError):
         pass
@@ -347,6 +353,31 @@ def _cmd_sweep(store: TraceStore, args: argparse.Namespace, out: _Output) -> int
         out.json({"dry_run": False, **result.to_dict()})
     else:
         out.line(_render.sweep_result(result, out.style))
+    return EXIT_OK
+
+
+def _cmd_redact(store: TraceStore, args: argparse.Namespace, out: _Output) -> int:
+    try:
+        patterns = [re.compile(p) for p in args.pattern]
+    except re.error as exc:
+        raise ConfigurationError(f"--pattern: not a valid regular expression: {exc}") from None
+    store.close()  # the rebuild at the end wants no other connection of ours open
+    result = scrub_file(store.path, redact=not args.no_defaults, patterns=patterns, dry_run=args.dry_run)
+    if args.json:
+        out.json(dataclasses.asdict(result))
+        return EXIT_OK
+    verb = "would change" if result.dry_run else "changed"
+    counts = (
+        f"{_render.plural(result.spans_changed, 'span')} of {result.spans_scanned:,}",
+        _render.plural(result.resources_changed, "resource"),
+        _render.plural(result.traces_changed, "trace"),
+    )
+    out.line(f"{verb} {', '.join(counts)}")
+    if not result.dry_run and result.changed and not (result.checkpointed and result.vacuumed):
+        _warn(
+            "the old text may still sit in the file's free space or write-ahead log while another "
+            "process has it open; run the command again once it is closed"
+        )
     return EXIT_OK
 
 
@@ -611,6 +642,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="a dry run lists at most N sessions (default 50)",
     )
     sweep.set_defaults(writes=lambda args: not args.dry_run)
+
+    redact = command(
+        "redact",
+        _cmd_redact,
+        "replace API keys and tokens already stored in the file with [REDACTED], and wipe the old bytes",
+    )
+    redact.add_argument("--dry-run", action="store_true", help="count what would change and change nothing")
+    redact.add_argument(
+        "--pattern",
+        action="append",
+        default=[],
+        metavar="REGEX",
+        help="also redact what this regular expression matches (repeatable)",
+    )
+    redact.add_argument(
+        "--no-defaults", action="store_true", help="only the --pattern expressions, not the built-in rules"
+    )
 
     settings = command(
         "settings", _cmd_settings, "print the file's settings; 'settings retention-days N' sets the retention"

@@ -68,7 +68,7 @@ class Options:
     #: True redacts API keys and tokens before anything is written, False stores text as it came,
     #: a callable ``(text) -> text`` replaces the default redaction.
     redact: bool | Callable[[str], str] = True
-    #: Regular expressions redacted in addition to the defaults.
+    #: Regular expressions redacted in addition to the built-in rules (with redact=False, only they).
     redact_patterns: tuple[re.Pattern[str], ...] = ()
     #: Per-session token and cost limits, tracked as LLM spans end (each processor or exporter
     #: counts the spans it sees).

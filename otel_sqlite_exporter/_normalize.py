@@ -2,14 +2,19 @@
 and span -> staged row.
 
 This runs on the writer's mapping thread, once per span per batch, holding the GIL: it does one
-pass over the attributes and packs the result for SQLite, which does everything else.
+pass over the attributes and packs the result for SQLite, which does everything else. Secrets are
+redacted here too, before anything is written (``encode_rows``, and ``_redact``).
 """
 
 from __future__ import annotations
 
 import base64
+import logging
+import operator
 import re
+import sys
 from collections.abc import Callable, Mapping, Sequence
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
@@ -18,6 +23,9 @@ from opentelemetry.trace import SpanKind
 
 from otel_sqlite_exporter._config import Options
 from otel_sqlite_exporter._content import extract_text, is_content_key
+from otel_sqlite_exporter._redact import REDACTION_FAILED, Redactor, Rule, secret_value, walk
+
+logger = logging.getLogger("otel_sqlite_exporter")
 
 # The normalisation table. For each column the first key present on the span wins.
 SESSION_KEYS = (
@@ -166,7 +174,7 @@ class SpanMapper:
 
     This runs on the processor's mapping thread holding the GIL, which the traced application
     needs too, so it does only what SQL cannot: read the span objects, tell the span type from its
-    keys, and render prompt/completion text for spans that carry any.
+    keys, render prompt/completion text for spans that carry any, and redact secrets (``encode``).
     """
 
     def __init__(self, options: Options, resource_id: Callable[[str, str | None, str | None], int]) -> None:
@@ -175,6 +183,8 @@ class SpanMapper:
         self._resource_id = resource_id
         # Keyed by id(); the Resource is kept in the value so the id cannot be reused while cached.
         self._resources: dict[int, tuple[Any, int | None]] = {}
+        self._redactor = Redactor.from_options(options)
+        self._failures = 0
 
     def row(self, span: ReadableSpan) -> list[Any]:
         # The hottest Python in the package: it shares the GIL with the traced application.
@@ -190,8 +200,8 @@ class SpanMapper:
         span_events = span.events if raw_events is None or len(raw_events) else ()
         raw_links = getattr(span, "_links", None)
         span_links = span.links if raw_links is None or len(raw_links) else ()
-        events = _events(span_events, self._capture) if span_events else None
-        links = _links(span_links) if span_links else None
+        events = _events(span_events, self._capture, self._redactor) if span_events else None
+        links = _links(span_links, self._redactor) if span_links else None
         if self._capture:
             input_text, output_text = extract_text(attrs, span_events, self._limit)
         else:
@@ -235,6 +245,8 @@ class SpanMapper:
         if resource is None:
             return None
         attrs = dict(resource.attributes)
+        if self._redactor is not None:
+            attrs = self._redactor.attributes(attrs)
         service = attrs.get("service.name")
         rid = self._resource_id(
             to_json(attrs),
@@ -245,6 +257,101 @@ class SpanMapper:
             self._resources.clear()
         self._resources[id(resource)] = (resource, rid)
         return rid
+
+    # -- redaction ----------------------------------------------------------------------------------
+
+    def redact_text(self, text: str | None) -> str | None:
+        """A text written beside the spans (a session's task, say), redacted as theirs are."""
+        if text is None or self._redactor is None:
+            return text
+        return self._redactor.text(text)
+
+    def encode(self, rows: list[list[Any]]) -> str:
+        """The batch document for these rows (see ``encode_rows``), redacted; never raises."""
+        text = encode_rows(rows)
+        if self._redactor is None:
+            return text
+        try:
+            return self._redacted(rows, text)
+        except Exception:  # a bug here must neither stop the writer nor leak text
+            self._failures += 1
+            if self._failures == 1:
+                logger.exception(
+                    "otel-sqlite-exporter could not redact a batch; its texts are stored as %s",
+                    REDACTION_FAILED,
+                )
+            return encode_rows([row for row in map(_failed_row, rows) if row is not None])
+
+    def _redacted(self, rows: list[list[Any]], text: str) -> str:
+        """Cheap for the usual batch without secrets: one set union of the attribute keys and a
+        scan of the document (see ``Redactor.scan``); only rows that may hold one are rebuilt."""
+        redactor = self._redactor
+        assert redactor is not None
+        secret = (
+            redactor.secret_keys(set().union(*filter(None, map(_ROW_ATTRIBUTES, rows))))
+            if redactor.names
+            else frozenset()
+        )
+        rules = redactor.scan(text)
+        if not rules and not secret:
+            return text
+        # Rules that need no look at a row (a user callable, a pattern without literal) apply to all.
+        everywhere = redactor.function(rules) if rules and all(rule.always for rule in rules) else None
+        functions: dict[tuple[Rule, ...], Callable[[str], str]] = {}
+        out = rows
+        for index, row in enumerate(rows):
+            attrs = row[1]
+            keys = secret if secret and attrs and not secret.isdisjoint(attrs) else None
+            redact = everywhere
+            if redact is None and rules:
+                row_rules = redactor.scan(to_json(row), rules)
+                if row_rules:
+                    redact = functions.get(row_rules)
+                    if redact is None:
+                        redact = functions[row_rules] = redactor.function(row_rules)
+            if keys or redact is not None:
+                if out is rows:
+                    out = list(rows)
+                out[index] = self._redact_row(row, redact, keys)
+        return text if out is rows else encode_rows(out)
+
+    def _redact_row(
+        self, row: list[Any], redact: Callable[[str], str] | None, keys: frozenset[str] | None
+    ) -> list[Any]:
+        """A new row with its strings redacted; the span's own attribute dict is never changed."""
+        new = list(row)
+        attrs = row[1]
+        if attrs:
+            new[1] = _redacted_attributes(attrs, redact, keys or frozenset())
+        if redact is None:  # secret-named keys only
+            return new
+        new[0] = _head_with_names(row[0], redact)
+        for index in (2, 7):  # status_message, scope_version
+            if isinstance(row[index], str):
+                new[index] = redact(row[index])
+        if row[3] is not None:
+            new[3] = walk(row[3], redact)
+        if row[4] is not None:
+            new[4] = [{**link, "attributes": walk(link["attributes"], redact)} for link in row[4]]
+        if row[5] is not None or row[6] is not None:
+            new[5], new[6] = self._texts(row, redact)
+        return new
+
+    def _texts(self, row: list[Any], redact: Callable[[str], str]) -> tuple[str | None, str | None]:
+        """input_text / output_text redacted. A text cut to max_content_length may have cut a secret
+        short of what its rule recognises: such a text is taken again whole, redacted, then cut."""
+        texts = [row[5], row[6]]
+        limit = self._limit
+        if limit and any(isinstance(t, str) and len(t) == limit for t in texts):
+            events = [SimpleNamespace(name=e["name"], attributes=e["attributes"]) for e in row[3] or ()]
+            whole = extract_text(row[1] or {}, events, sys.maxsize)
+            texts = [
+                w if isinstance(t, str) and len(t) == limit and w else t
+                for t, w in zip(texts, whole, strict=True)
+            ]
+        out = [None if t is None else redact(t) for t in texts]
+        cut = [None if t is None else t[:limit] if len(t) > limit else t for t in out]
+        return cut[0], cut[1]
 
 
 def _attributes(span: ReadableSpan) -> dict[str, Any]:
@@ -284,7 +391,7 @@ def _span_type(attrs: Mapping[str, Any]) -> str:
     return " "
 
 
-def _events(events: Sequence[Any], capture: bool) -> list[dict[str, Any]]:
+def _events(events: Sequence[Any], capture: bool, redactor: Redactor | None = None) -> list[dict[str, Any]]:
     out = []
     for event in events:
         attrs = dict(event.attributes or {})
@@ -292,23 +399,83 @@ def _events(events: Sequence[Any], capture: bool) -> list[dict[str, Any]]:
             attrs = {
                 k: v for k, v in attrs.items() if not is_content_key(k) and k not in ("content", "message")
             }
+        if redactor is not None and attrs:
+            attrs = dict(redactor.secret_attributes(attrs))
         out.append({"name": event.name, "time_unix_nano": event.timestamp, "attributes": attrs})
     return out
 
 
-def _links(links: Sequence[Any]) -> list[dict[str, Any]]:
-    return [
-        {
-            "trace_id": f"{link.context.trace_id:032x}",
-            "span_id": f"{link.context.span_id:016x}",
-            "attributes": dict(link.attributes or {}),
-        }
-        for link in links
-    ]
+def _links(links: Sequence[Any], redactor: Redactor | None = None) -> list[dict[str, Any]]:
+    out = []
+    for link in links:
+        attrs = dict(link.attributes or {})
+        if redactor is not None and attrs:
+            attrs = dict(redactor.secret_attributes(attrs))
+        out.append(
+            {
+                "trace_id": f"{link.context.trace_id:032x}",
+                "span_id": f"{link.context.span_id:016x}",
+                "attributes": attrs,
+            }
+        )
+    return out
+
+
+def _redacted_attributes(
+    attrs: Mapping[str, Any], redact: Callable[[str], str] | None, secret: frozenset[str]
+) -> dict[str, Any]:
+    out = {}
+    for key, item in attrs.items():
+        if key in secret:
+            out[key] = secret_value(item)
+        elif redact is None:
+            out[key] = item
+        elif type(item) is str:  # most values: spare the call to walk()
+            out[key] = redact(item)
+        else:
+            out[key] = walk(item, redact)
+    return out
+
+
+def _head_with_names(head: str, change: Callable[[str], str]) -> str:
+    """The head with its span name and scope name (length-prefixed, see HEAD_NAME_AT) changed."""
+    at = HEAD_NAME_AT - 1
+    name_end = at + 6 + int(head[at : at + 6])
+    name = head[at + 6 : name_end]
+    scope = head[name_end + 6 : name_end + 6 + int(head[name_end : name_end + 6])]
+    new_name, new_scope = change(name), change(scope)
+    if new_name == name and new_scope == scope:
+        return head
+    return f"{head[:at]}{len(new_name):06d}{new_name}{len(new_scope):06d}{new_scope}"
+
+
+def _failed_row(row: list[Any]) -> list[Any] | None:
+    """The row with every string it carries replaced, or None (the span is then not stored)."""
+    try:
+        return [_head_with_names(row[0], _failed), *map(_failed_value, row[1:])]
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _failed(_: str) -> str:
+    return REDACTION_FAILED
+
+
+def _failed_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return REDACTION_FAILED
+    if isinstance(value, (list, tuple)):
+        return [_failed_value(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _failed_value(v) for k, v in value.items()}
+    return value
 
 
 # Above this many characters a row is checked for oversized values (see MAX_JSON_CHARS).
 _ROW_CHECK_CHARS = 64 * 1024
+
+
+_ROW_ATTRIBUTES = operator.itemgetter(1)
 
 
 def encode_rows(rows: list[list[Any]]) -> str:

@@ -39,7 +39,6 @@ from otel_sqlite_exporter._normalize import (
     STATUS_NAMES,
     SpanMapper,
     attribute_key_rows,
-    encode_rows,
     to_json,
 )
 from otel_sqlite_exporter._pricing import PriceTable
@@ -499,7 +498,7 @@ class TraceWriter:
         """The batch document for :meth:`commit` (None for no spans). Needs the GIL; may run in
         another thread than ``commit``, so the next batch is prepared while one commits."""
         rows = self._rows(spans)
-        return encode_rows(rows) if rows else None
+        return self._mapper.encode(rows) if rows else None
 
     def commit(
         self, payloads: Sequence[str], events: Sequence[SessionEvent] = (), marks: Sequence[BudgetMark] = ()
@@ -577,7 +576,7 @@ class TraceWriter:
     def _apply_event(self, event: SessionEvent) -> None:
         params: dict[str, Any] = {
             "session_id": event.session_id,
-            "task": event.task,
+            "task": self._mapper.redact_text(event.task),
             "user_id": event.user_id,
             "time": event.time_unix_nano,
             "outcome": event.outcome,

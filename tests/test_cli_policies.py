@@ -1,4 +1,4 @@
-"""``otel-sqlite sweep`` and ``otel-sqlite settings``: the real program, on files the processor wrote."""
+"""``otel-sqlite sweep``, ``settings`` and ``redact``: the real program, on files the processor wrote."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import pytest
 from helpers import query, sha256, start_tracing
 from test_cli import assert_not_found, assert_usage_error, in_process, run, run_many
 from test_retention import DAY, HOUR, write_session
+
+from otel_sqlite_exporter import TraceStore
 
 OLD_SPANS = 14  # spans of one write_session() with its defaults
 
@@ -158,3 +160,40 @@ def test_missing_and_unusable_files_exit_1(db: Path, tmp_path: Path) -> None:
     assert sessions(db) == {"older", "old", "recent", "live"}
     # Naming the period, or fixing the setting, works.
     assert run("sweep", "--days", "45", "--json", db=db).json()["deleted_sessions"] == 1
+
+
+# -- redact ----------------------------------------------------------------------------------------
+
+_LEAKED = "sk-proj-" + "Q7x" * 12
+
+
+def _raw_bytes(path: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in path.parent.glob(path.name + "*"))
+
+
+def test_redact_scrubs_secrets_already_stored(tmp_path: Path) -> None:
+    path = tmp_path / "traces.db"
+    tracing = start_tracing(path, redact=False)
+    with tracing.tracer.start_as_current_span(
+        "chat", attributes={"input.value": f"my key is {_LEAKED}", "ticket": "ACME-12345678"}
+    ):
+        pass
+    tracing.close()
+    assert _LEAKED.encode() in _raw_bytes(path)
+
+    dry = run("redact", "--dry-run", "--json", db=path).json()
+    assert dry["dry_run"] and dry["spans_changed"] == 1
+    assert _LEAKED.encode() in _raw_bytes(path), "a dry run changes nothing"
+
+    bad = run("redact", "--pattern", "([", db=path)
+    assert bad.code == 2 and "--pattern" in bad.err
+
+    done = run("redact", "--pattern", r"ACME-\d{8}", db=path)
+    assert done.code == 0, done.err
+    assert "changed 1 span" in done.out
+    raw = _raw_bytes(path)
+    assert _LEAKED.encode() not in raw and b"ACME-12345678" not in raw
+    with TraceStore(path) as store:
+        (entry,) = store.get_traces()
+    assert entry.attributes["input.value"] == "my key is [REDACTED]"
+    assert entry.attributes["ticket"] == "[REDACTED]"
