@@ -42,6 +42,7 @@ from otel_sqlite_exporter._records import (
 from otel_sqlite_exporter._retention import (
     RetentionSweeper,
     check_days,
+    disk_bytes,
     read_retention_days,
     write_retention_days,
 )
@@ -407,10 +408,9 @@ class TraceStore:
             oldest = conn.execute("SELECT min(start_time_unix_nano) FROM spans").fetchone()[0]
             newest = conn.execute("SELECT max(start_time_unix_nano) FROM spans").fetchone()[0]
             models = _models(conn.execute(_BY_MODEL.format(where="")))
-        size = sum(os.path.getsize(p) for p in (self.path, self.path + "-wal") if os.path.exists(p))
         return StoreStats(
             path=self.path,
-            file_bytes=size,
+            file_bytes=disk_bytes(self.path),
             schema_version=version,
             sessions=sessions,
             traces=traces,

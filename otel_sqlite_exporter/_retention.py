@@ -37,7 +37,8 @@ from typing import TYPE_CHECKING, Any
 from otel_sqlite_exporter._exceptions import ConfigurationError, TraceFileError
 from otel_sqlite_exporter._fork import on_fork
 from otel_sqlite_exporter._health import abandon
-from otel_sqlite_exporter._records import _Record, from_ns
+from otel_sqlite_exporter._normalize import COUNT_SLOTS
+from otel_sqlite_exporter._records import _INT64_MIN, _Record, from_ns
 from otel_sqlite_exporter._schema import connect, open_reader
 
 if TYPE_CHECKING:
@@ -53,7 +54,6 @@ RETENTION_SETTING = "retention_days"
 LAST_SWEEP_SETTING = "last_sweep_unix_nano"
 
 _DAY_NS = 86_400 * 1_000_000_000
-_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 # How long one delete (or vacuum) transaction should hold the write lock, and the shortest pause
 # after it: a writer kept waiting tries again within a few busy-handler steps.
 _TARGET_SECONDS = 0.01
@@ -73,7 +73,7 @@ _CHECKPOINT_ATTEMPTS = 20
 # The schema version that has last activity and owners.
 _RETENTION_SCHEMA = 3
 
-_TOKENS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
+_TOKENS = COUNT_SLOTS
 _COUNTED = "FILTER (WHERE s.has_usage = 1 AND s.usage_below = 0)"
 # The share of the rollups carried by the spans about to go (those listed in temp.sweep_spans).
 _DOOMED_USAGE = f"""count(*) AS n, count(*) FILTER (WHERE s.status_code = 'ERROR') AS errors,
