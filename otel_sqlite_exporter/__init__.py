@@ -20,10 +20,18 @@ from otel_sqlite_exporter._exceptions import (
     TraceFileError,
 )
 from otel_sqlite_exporter._exporter import SQLiteSpanExporter
+from otel_sqlite_exporter._log_exporter import SQLiteLogExporter
 from otel_sqlite_exporter._pricing import ModelPrice, PriceTable
 from otel_sqlite_exporter._processor import SQLiteSpanProcessor
 from otel_sqlite_exporter._query import StoreStats, TraceStore
-from otel_sqlite_exporter._records import ModelUsage, SearchHit, SessionSummary, TraceEntry, TraceSession
+from otel_sqlite_exporter._records import (
+    LogEntry,
+    ModelUsage,
+    SearchHit,
+    SessionSummary,
+    TraceEntry,
+    TraceSession,
+)
 from otel_sqlite_exporter._redact import ScrubResult, redact_text, scrub_file
 from otel_sqlite_exporter._retention import PlannedDeletion, RetentionSweeper, SweepPlan, SweepResult
 from otel_sqlite_exporter._schema import SCHEMA_VERSION
@@ -36,6 +44,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "BudgetAlert",
     "ConfigurationError",
+    "LogEntry",
     "ModelPrice",
     "ModelUsage",
     "NotATraceFileError",
@@ -47,6 +56,7 @@ __all__ = [
     "QueryError",
     "ReadOnlyStoreError",
     "RetentionSweeper",
+    "SQLiteLogExporter",
     "SQLiteSpanExporter",
     "SQLiteSpanProcessor",
     "SchemaVersionError",

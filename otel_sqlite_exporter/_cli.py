@@ -36,6 +36,9 @@ PROG = "otel-sqlite"
 EXIT_OK, EXIT_NOT_FOUND, EXIT_USAGE = 0, 1, 2
 # What a shell reports for a program ended by Ctrl-C (128 + SIGINT).
 EXIT_INTERRUPTED = 130
+# Stands for the newest session wherever a SESSION_ID is asked for.
+LATEST = "latest"
+_SESSION_HELP = "a session id, or 'latest' for the newest session"
 
 _AGO = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
@@ -371,6 +374,7 @@ def _cmd_redact(store: TraceStore, args: argparse.Namespace, out: _Output) -> in
         f"{_render.plural(result.spans_changed, 'span')} of {result.spans_scanned:,}",
         _render.plural(result.resources_changed, "resource"),
         _render.plural(result.traces_changed, "trace"),
+        _render.plural(result.logs_changed, "log record"),
     )
     out.line(f"{verb} {', '.join(counts)}")
     if not result.dry_run and result.changed and not (result.checkpointed and result.vacuumed):
@@ -568,13 +572,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     show = command("show", _cmd_show, "a session as a tree of spans, errors highlighted")
-    show.add_argument("session_id", metavar="SESSION_ID")
+    show.add_argument("session_id", metavar="SESSION_ID", help=_SESSION_HELP)
 
     timeline = command("timeline", _cmd_timeline, "a session's spans in start order, with offsets")
-    timeline.add_argument("session_id", metavar="SESSION_ID")
+    timeline.add_argument("session_id", metavar="SESSION_ID", help=_SESSION_HELP)
 
     summary = command("summary", _cmd_summary, "a session at a glance: usage by model, errors, slowest spans")
-    summary.add_argument("session_id", metavar="SESSION_ID")
+    summary.add_argument("session_id", metavar="SESSION_ID", help=_SESSION_HELP)
     summary.add_argument("--slowest", type=_count, default=5, metavar="N", help="list the N slowest spans")
 
     spans = command("spans", _cmd_spans, "spans matching every filter given, in start order")
@@ -605,7 +609,9 @@ def build_parser() -> argparse.ArgumentParser:
         "a session (or every session) as JSON, JSON lines or OTLP/JSON",
         json_output=False,
     )
-    export.add_argument("session_id", metavar="SESSION_ID", nargs="?", help="the session (default: all)")
+    export.add_argument(
+        "session_id", metavar="SESSION_ID", nargs="?", help="the session, or 'latest' (default: all)"
+    )
     export.add_argument(
         "--format",
         choices=tuple(_EXPORTERS),
@@ -698,6 +704,8 @@ def main(argv: list[str] | None = None) -> int:
     writes = getattr(args, "writes", None)
     try:
         with TraceStore(path, readonly=not (writes is not None and writes(args))) as store:
+            if getattr(args, "session_id", None) == LATEST:
+                args.session_id = _latest_session(store)
             code = args.run(store, args, out)
         sys.stdout.flush()
         return code
@@ -723,6 +731,16 @@ def main(argv: list[str] | None = None) -> int:
         _error(f"cannot write the output: {exc.strerror or exc}")
         _silence_stdout()
         return EXIT_NOT_FOUND
+
+
+def _latest_session(store: TraceStore) -> str:
+    """The newest session's id: what ``latest`` stands for, unless a session has that very id."""
+    if store.get_session(LATEST) is not None:
+        return LATEST
+    newest = store.get_sessions(1)
+    if not newest:
+        raise NotFoundError(f"no sessions in {store.path}")
+    return newest[0].id
 
 
 def _flush_quietly() -> None:

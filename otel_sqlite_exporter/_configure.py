@@ -11,9 +11,13 @@ from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 from opentelemetry import trace
+from opentelemetry._logs import get_logger_provider, set_logger_provider
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 
+from otel_sqlite_exporter._log_exporter import SQLiteLogExporter
 from otel_sqlite_exporter._processor import SQLiteSpanProcessor
 
 logger = logging.getLogger("otel_sqlite_exporter")
@@ -48,15 +52,17 @@ def configure(
     *,
     service_name: str | None = None,
     instrument: bool | Sequence[str] = True,
+    logs: bool = True,
     **options: Any,
 ) -> TracerProvider:
     """Send every span of this process to the SQLite file at ``path``; returns the TracerProvider.
 
     ``instrument=True`` activates each installed GenAI instrumentation (one per client library,
     see ``DEFAULT_PREFERENCE``); a sequence of distribution names (or name prefixes) is preferred
-    over the default order; ``False`` activates none. ``options`` go to
-    :class:`SQLiteSpanProcessor`. Calling it again returns the same provider without adding a
-    second processor.
+    over the default order; ``False`` activates none. ``logs=True`` sends OpenTelemetry log
+    records to the same file (:class:`SQLiteLogExporter`): GenAI content events onto their span,
+    the others into the ``logs`` table. ``options`` go to :class:`SQLiteSpanProcessor`. Calling it
+    again returns the same provider without adding a second processor.
     """
     global _configured
     with _lock:
@@ -79,6 +85,8 @@ def configure(
             provider = TracerProvider(resource=Resource.create(attributes))
             trace.set_tracer_provider(provider)
         provider.add_span_processor(processor)
+        if logs:
+            provider.add_span_processor(_send_logs(processor, provider.resource))
         _configured = (provider, processor)
     if instrument:
         if processor.options.capture_content:
@@ -91,6 +99,39 @@ def configure(
             "otel-sqlite-exporter: GenAI instrumentation by %s", ", ".join(activated) or "none installed"
         )
     return provider
+
+
+class _LogsAlongside(SpanProcessor):
+    """Flushes and shuts down the log records' processor with the spans': whoever calls
+    ``force_flush()`` or ``shutdown()`` on the TracerProvider finds the GenAI content in the file too."""
+
+    def __init__(self, logs: BatchLogRecordProcessor) -> None:
+        self._logs = logs
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return self._logs.force_flush(timeout_millis)
+
+    def shutdown(self) -> None:
+        self._logs.shutdown()
+
+
+def _send_logs(processor: SQLiteSpanProcessor, resource: Resource) -> SpanProcessor:
+    """Log records to the same file: added to an SDK LoggerProvider already set, else to a new one."""
+    logs = BatchLogRecordProcessor(SQLiteLogExporter.from_options(processor.options))
+    current = get_logger_provider()
+    if isinstance(current, LoggerProvider):
+        current.add_log_record_processor(logs)
+    else:
+        provider = LoggerProvider(resource=resource)
+        provider.add_log_record_processor(logs)
+        set_logger_provider(provider)
+        if get_logger_provider() is not provider:  # another provider came first (one is allowed)
+            logger.warning(
+                "otel-sqlite-exporter: a logger provider is already set; GenAI content sent as log "
+                "records will not reach %s",
+                processor.options.path,
+            )
+    return _LogsAlongside(logs)
 
 
 def genai_instrumentors(preference: Sequence[str] = DEFAULT_PREFERENCE) -> dict[str, EntryPoint]:

@@ -1,4 +1,4 @@
-"""Prompt and completion text, found wherever an instrumentation dialect put it.
+"""Prompt, completion and reasoning text, found wherever an instrumentation dialect put it.
 
 Every dialect ends up as the same readable rendering, one message per line::
 
@@ -6,15 +6,17 @@ Every dialect ends up as the same readable rendering, one message per line::
     user: Weather in Paris?
     assistant: [tool call] get_weather({"city": "Paris"})
 
-The raw attributes are stored untouched beside it; this text is what people read and what the
-full-text index searches.
+The model's reasoning (GenAI ``reasoning``/``thinking`` parts, OpenAI reasoning summaries,
+Anthropic thinking blocks) is taken out of the output into a text of its own. The raw attributes
+are stored untouched beside them; these texts are what people read and what the full-text index
+searches.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -50,6 +52,12 @@ _INPUT_EVENTS = {
     "gen_ai.tool.message": "tool",
 }
 _DETAILS_EVENT = "gen_ai.client.inference.operation.details"
+# Names of the events (span events or log records) whose attributes carry messages.
+CONTENT_EVENTS = frozenset(
+    {*_INPUT_EVENTS, _DETAILS_EVENT, "gen_ai.choice", "gen_ai.content.prompt", "gen_ai.content.completion"}
+)
+# Part types, message roles and content types that hold the model's reasoning.
+_REASONING_KINDS = frozenset({"reasoning", "thinking"})
 _FLAT_INDEX = re.compile(r"^(\d+)\.(.+)$")
 
 
@@ -57,57 +65,85 @@ def is_content_key(key: str) -> bool:
     return key in CONTENT_KEYS or key.startswith(CONTENT_PREFIXES)
 
 
-# Keys present on every span that carries content (flattened messages start at index 0):
-# checking them spares the full scan on the many spans that carry no content at all.
-_CONTENT_MARKERS = CONTENT_KEYS | {
-    "llm.input_messages.0.message.role",
-    "llm.input_messages.0.message.content",
-    "llm.output_messages.0.message.role",
-    "llm.output_messages.0.message.content",
-    "gen_ai.prompt.0.role",
-    "gen_ai.prompt.0.content",
-    "gen_ai.completion.0.role",
-    "gen_ai.completion.0.content",
-}
+# Keys present on every span that carries flattened messages (they start at index 0), and on every
+# span that carries content: checking them spares the full scan on the spans that carry none.
+_FLAT_MARKERS = frozenset(
+    {
+        "llm.input_messages.0.message.role",
+        "llm.input_messages.0.message.content",
+        "llm.output_messages.0.message.role",
+        "llm.output_messages.0.message.content",
+        "gen_ai.prompt.0.role",
+        "gen_ai.prompt.0.content",
+        "gen_ai.completion.0.role",
+        "gen_ai.completion.0.content",
+    }
+)
+_CONTENT_MARKERS = CONTENT_KEYS | _FLAT_MARKERS
 
 
-def extract_text(
-    attrs: Mapping[str, Any], events: Sequence[Any], limit: int
-) -> tuple[str | None, str | None]:
-    """The span's (input_text, output_text), each cut to ``limit`` characters, or None where absent."""
+class Texts(NamedTuple):
+    """A span's readable content; None where it has none."""
+
+    input: str | None
+    output: str | None
+    reasoning: str | None
+
+
+NO_TEXT = Texts(None, None, None)
+
+
+def extract_text(attrs: Mapping[str, Any], events: Sequence[Any], limit: int) -> Texts:
+    """The span's input, output and reasoning text, each cut to ``limit`` characters."""
     if not events and _CONTENT_MARKERS.isdisjoint(attrs):
-        return None, None
-    flat: dict[str, dict[str, Any]] | None = None
+        return NO_TEXT
+    reasoning: list[str] = []
+    flat: dict[str, dict[int, dict[str, Any]]] | None = None
+    # Messages before whole payloads: OpenInference puts the request and response JSON in
+    # input.value / output.value beside the messages it flattened out of them.
     text_in = _messages_text(attrs.get("gen_ai.input.messages"), attrs.get("gen_ai.system_instructions"))
     if text_in is None:
-        text_in = _plain(attrs.get("input.value")) or _plain(attrs.get("traceloop.entity.input"))
-    if text_in is None:
-        flat = _flattened(attrs)
+        flat = _flattened(attrs) if not _FLAT_MARKERS.isdisjoint(attrs) else {}
         text_in = _flat_messages(flat.get("llm.input_messages.")) or _flat_messages(
             flat.get("gen_ai.prompt.")
         )
-        if text_in is None:
-            text_in = _plain(attrs.get("gen_ai.prompt")) or _plain(attrs.get("gen_ai.tool.call.arguments"))
-    text_out = _messages_text(attrs.get("gen_ai.output.messages"), None)
-    if text_out is None:
-        text_out = _plain(attrs.get("output.value")) or _plain(attrs.get("traceloop.entity.output"))
-    if text_out is None:
-        if flat is None:
-            flat = _flattened(attrs)
-        text_out = _flat_messages(flat.get("llm.output_messages.")) or _flat_messages(
-            flat.get("gen_ai.completion."), default_role="assistant"
+    if text_in is None:
+        text_in = (
+            _plain(attrs.get("input.value"))
+            or _plain(attrs.get("traceloop.entity.input"))
+            or _plain(attrs.get("gen_ai.prompt"))
+            or _plain(attrs.get("gen_ai.tool.call.arguments"))
         )
-        if text_out is None:
-            text_out = _plain(attrs.get("gen_ai.completion")) or _plain(attrs.get("gen_ai.tool.call.result"))
-    if (text_in is None or text_out is None) and events:
-        ev_in, ev_out = _events_text(events)
-        text_in = text_in if text_in is not None else ev_in
-        text_out = text_out if text_out is not None else ev_out
-    return _cut(text_in, limit), _cut(text_out, limit)
+    text_out = _messages_text(attrs.get("gen_ai.output.messages"), None, reasoning)
+    if text_out is None and not reasoning:
+        if flat is None:
+            flat = _flattened(attrs) if not _FLAT_MARKERS.isdisjoint(attrs) else {}
+        text_out = _flat_messages(flat.get("llm.output_messages."), reasoning=reasoning) or _flat_messages(
+            flat.get("gen_ai.completion."), default_role="assistant", reasoning=reasoning
+        )
+    if text_out is None and not reasoning:
+        text_out = (
+            _plain(attrs.get("output.value"))
+            or _plain(attrs.get("traceloop.entity.output"))
+            or _plain(attrs.get("gen_ai.completion"))
+            or _plain(attrs.get("gen_ai.tool.call.result"))
+        )
+    if (text_in is None or (text_out is None and not reasoning)) and events:
+        ev = events_text(events)
+        text_in = text_in if text_in is not None else ev.input
+        if text_out is None and not reasoning:
+            text_out = ev.output
+            if ev.reasoning:
+                reasoning.append(ev.reasoning)
+    return Texts(_cut(text_in, limit), _cut(text_out, limit), _cut("\n".join(reasoning) or None, limit))
 
 
-def render_messages(messages: Any) -> str | None:
-    """Render messages in any of the common shapes (GenAI parts, OpenAI chat, plain strings)."""
+def render_messages(messages: Any, reasoning: list[str] | None = None) -> str | None:
+    """Render messages in any of the common shapes (GenAI parts, OpenAI chat, plain strings).
+
+    With a ``reasoning`` list, reasoning parts go there instead of into the rendering, and a
+    message of nothing but reasoning is left out of it.
+    """
     if isinstance(messages, Mapping):
         messages = [messages]
     if not isinstance(messages, (list, tuple)):
@@ -116,14 +152,19 @@ def render_messages(messages: Any) -> str | None:
     for message in messages:
         if isinstance(message, Mapping):
             role = message.get("role") or message.get("type") or "message"
-            body = _message_body(message)
-            lines.append(f"{role}: {body}" if body else f"{role}:")
+            if reasoning is not None and role in _REASONING_KINDS:  # an OpenAI Responses reasoning item
+                _add(reasoning, _reasoning_content(message))
+                continue
+            before = len(reasoning) if reasoning is not None else 0
+            body = _message_body(message, reasoning)
+            if body or reasoning is None or len(reasoning) == before:
+                lines.append(f"{role}: {body}" if body else f"{role}:")
         elif message is not None:
             lines.append(str(message))
     return "\n".join(lines) if lines else None
 
 
-def _messages_text(messages: Any, system: Any) -> str | None:
+def _messages_text(messages: Any, system: Any, reasoning: list[str] | None = None) -> str | None:
     if messages is None and system is None:
         return None
     parts = []
@@ -135,19 +176,21 @@ def _messages_text(messages: Any, system: Any) -> str | None:
         if rendered:
             parts.append(f"system: {rendered}")
     if messages is not None:
-        rendered = render_messages(_parse(messages))
+        rendered = render_messages(_parse(messages), reasoning)
         if rendered:
             parts.append(rendered)
     return "\n".join(parts) if parts else None
 
 
-def _message_body(message: Mapping[str, Any]) -> str:
+def _message_body(message: Mapping[str, Any], reasoning: list[str] | None = None) -> str:
     pieces: list[str] = []
     if "parts" in message:
-        pieces.append(_parts_text(message["parts"]))
+        pieces.append(_parts_text(message["parts"], reasoning))
     content = message.get("content")
     if content is not None:
-        pieces.append(_parts_text(content) if isinstance(content, (list, tuple)) else _plain(content) or "")
+        pieces.append(
+            _parts_text(content, reasoning) if isinstance(content, (list, tuple)) else _plain(content) or ""
+        )
     for call in message.get("tool_calls") or ():
         if isinstance(call, Mapping):
             function = call.get("function") if isinstance(call.get("function"), Mapping) else call
@@ -155,7 +198,7 @@ def _message_body(message: Mapping[str, Any]) -> str:
     return " ".join(p for p in pieces if p)
 
 
-def _parts_text(parts: Any) -> str:
+def _parts_text(parts: Any, reasoning: list[str] | None = None) -> str:
     if not isinstance(parts, (list, tuple)):
         return _plain(parts) or ""
     out = []
@@ -168,8 +211,11 @@ def _parts_text(parts: Any) -> str:
             out.append(_tool_call(part.get("name"), part.get("arguments")))
         elif kind == "tool_call_response":
             out.append(f"[tool result] {_plain(part.get('response', part.get('result'))) or ''}")
-        elif kind in ("reasoning", "thinking"):
-            out.append(f"[reasoning] {_plain(part.get('content', part.get('thinking'))) or ''}")
+        elif kind in _REASONING_KINDS:
+            if reasoning is None:
+                out.append(f"[reasoning] {_reasoning_content(part) or ''}")
+            else:
+                _add(reasoning, _reasoning_content(part))
         else:
             text = part.get("content", part.get("text"))
             out.append(_plain(text) or "" if text is not None else f"[{kind}]")
@@ -186,7 +232,31 @@ def _tool_call(name: Any, arguments: Any) -> str:
     return f"[tool call] {name}({args})"
 
 
-def _flattened(attrs: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+def _reasoning_content(part: Mapping[str, Any]) -> str | None:
+    """The text of a reasoning part: GenAI ``content``, Anthropic ``thinking``, or an OpenAI
+    reasoning summary (a list of ``summary_text`` items, possibly as a JSON string)."""
+    for key in ("content", "thinking", "summary", "text"):
+        value = part.get(key)
+        if value is None or value == [] or value == "":
+            continue
+        value = _parse(value)
+        if isinstance(value, (list, tuple)):
+            texts = [
+                item.get("text") if isinstance(item, Mapping) else item
+                for item in value
+                if not isinstance(item, Mapping) or item.get("text")
+            ]
+            return "\n".join(str(t) for t in texts if t) or None
+        return _plain(value)
+    return None
+
+
+def _add(texts: list[str], text: str | None) -> None:
+    if text:
+        texts.append(text)
+
+
+def _flattened(attrs: Mapping[str, Any]) -> dict[str, dict[int, dict[str, Any]]]:
     """Group ``llm.input_messages.0.message.role``-style keys by prefix, then by message index."""
     groups: dict[str, dict[str, Any]] = {}
     for key, value in attrs.items():
@@ -200,19 +270,33 @@ def _flattened(attrs: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     return groups
 
 
-def _flat_messages(indexed: Mapping[int, Mapping[str, Any]] | None, default_role: str = "user") -> str | None:
+def _flat_messages(
+    indexed: Mapping[int, Mapping[str, Any]] | None,
+    default_role: str = "user",
+    reasoning: list[str] | None = None,
+) -> str | None:
+    """Flattened messages as lines; with a ``reasoning`` list, reasoning goes there: OpenInference
+    contents of type ``reasoning``, and OpenLLMetry's ``thinking`` role."""
     if not indexed:
         return None
     lines = []
     for index in sorted(indexed):
         fields = indexed[index]
         role = fields.get("message.role") or fields.get("role") or default_role
-        texts = [fields.get("message.content") or fields.get("content")]
+        content = fields.get("message.content") or fields.get("content")
+        if reasoning is not None and role in _REASONING_KINDS:
+            _add(reasoning, _plain(content))
+            continue
+        texts = [content]
         # OpenInference multi-part contents and tool calls, in index order.
         for key in sorted(
             (k for k in fields if k.startswith("message.contents.") and k.endswith(".text")), key=_numeric
         ):
-            texts.append(fields[key])
+            kind = fields.get(key[: -len("text")] + "type")
+            if reasoning is not None and kind in _REASONING_KINDS:
+                _add(reasoning, _plain(fields[key]))
+            else:
+                texts.append(fields[key])
         for key in sorted((k for k in fields if k.endswith("function.name")), key=_numeric):
             args = fields.get(key.replace("function.name", "function.arguments"))
             texts.append(_tool_call(fields[key], args))
@@ -221,8 +305,9 @@ def _flat_messages(indexed: Mapping[int, Mapping[str, Any]] | None, default_role
         ):
             texts.append(_tool_call(fields[key], fields.get(key[: -len("name")] + "arguments")))
         body = " ".join(str(t) for t in texts if t)
-        lines.append(f"{role}: {body}" if body else f"{role}:")
-    return "\n".join(lines)
+        if body or not any(fields.get(k) in _REASONING_KINDS for k in fields if k.endswith(".type")):
+            lines.append(f"{role}: {body}" if body else f"{role}:")
+    return "\n".join(lines) or None
 
 
 def _numeric(key: str) -> list[int | str]:
@@ -230,9 +315,12 @@ def _numeric(key: str) -> list[int | str]:
     return [int(part) if part.isdigit() else part for part in key.split(".")]
 
 
-def _events_text(events: Iterable[Any]) -> tuple[str | None, str | None]:
+def events_text(events: Iterable[Any]) -> Texts:
+    """The texts of GenAI content events (span events, or log records read as events: objects
+    with ``name`` and ``attributes``), in their order; None where they have none."""
     inputs: list[str] = []
     outputs: list[str] = []
+    reasoning: list[str] = []
     for event in events:
         name = event.name
         attrs = event.attributes or {}
@@ -240,7 +328,7 @@ def _events_text(events: Iterable[Any]) -> tuple[str | None, str | None]:
             text = _messages_text(attrs.get("gen_ai.input.messages"), attrs.get("gen_ai.system_instructions"))
             if text:
                 inputs.append(text)
-            text = _messages_text(attrs.get("gen_ai.output.messages"), None)
+            text = _messages_text(attrs.get("gen_ai.output.messages"), None, reasoning)
             if text:
                 outputs.append(text)
         elif name in _INPUT_EVENTS:
@@ -249,7 +337,11 @@ def _events_text(events: Iterable[Any]) -> tuple[str | None, str | None]:
                 inputs.append(f"{_INPUT_EVENTS[name]}: {body}")
         elif name == "gen_ai.choice":
             message = _parse(attrs.get("message"))
-            body = _message_body(message) if isinstance(message, Mapping) else _plain(attrs.get("content"))
+            body = (
+                _message_body(message, reasoning)
+                if isinstance(message, Mapping)
+                else _plain(attrs.get("content"))
+            )
             if body:
                 outputs.append(f"assistant: {body}")
         elif name == "gen_ai.content.prompt":
@@ -260,7 +352,7 @@ def _events_text(events: Iterable[Any]) -> tuple[str | None, str | None]:
             body = _plain(attrs.get("gen_ai.completion"))
             if body:
                 outputs.append(body)
-    return ("\n".join(inputs) or None), ("\n".join(outputs) or None)
+    return Texts("\n".join(inputs) or None, "\n".join(outputs) or None, "\n".join(reasoning) or None)
 
 
 def _parse(value: Any) -> Any:

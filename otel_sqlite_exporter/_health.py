@@ -38,10 +38,11 @@ def describe(exc: BaseException) -> str:
 
 
 class WriteHealth:
-    """What a writer did: spans written, spans lost to failed writes, failed write attempts."""
+    """What a writer did: spans (or log records) written, lost to failed writes, failed attempts."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, what: str = "spans") -> None:
         self.path = path
+        self.what = what
         self.written = 0
         self.failed = 0
         self.errors = 0
@@ -68,10 +69,12 @@ class WriteHealth:
             self._reported.add(reason)
         if first:
             logger.error(
-                "otel-sqlite-exporter cannot write traces to %s: %s. The application goes on; "
-                "affected spans are counted in stats['failed'] and this reason is not logged again.",
+                "otel-sqlite-exporter cannot write %s to %s: %s. The application goes on; "
+                "the %s lost are counted in stats['failed'] and this reason is not logged again.",
+                self.what,
                 self.path,
                 reason,
+                self.what,
             )
 
     def stats(self) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind
 
 from otel_sqlite_exporter._config import Options
-from otel_sqlite_exporter._content import extract_text, is_content_key
+from otel_sqlite_exporter._content import NO_TEXT, extract_text, is_content_key
 from otel_sqlite_exporter._redact import REDACTION_FAILED, Redactor, Rule, secret_value, walk
 
 logger = logging.getLogger("otel_sqlite_exporter")
@@ -41,6 +41,7 @@ MODEL_KEYS = (
     "llm.response.model_name",
     "llm.model_name",
     "llm.request.model_name",
+    "embedding.model_name",
 )
 PROVIDER_KEYS = ("gen_ai.provider.name", "gen_ai.system", "llm.provider", "llm.system")
 INPUT_TOKEN_KEYS = ("gen_ai.usage.input_tokens", "gen_ai.usage.prompt_tokens", "llm.token_count.prompt")
@@ -67,6 +68,12 @@ REASONING_KEYS = (
     "llm.token_count.completion_details.reasoning",
 )
 COST_KEYS = ("llm.cost.total", "gen_ai.usage.cost")
+# The provider's id of the response: one model call recorded by two instrumentations (the
+# anthropic client's own span beside OpenLLMetry's, say) shares it, and is counted once.
+RESPONSE_ID_KEYS = ("gen_ai.response.id",)
+# Scopes of client libraries' own spans. When an instrumentation records the same call, its span is
+# the one whose usage counts (it usually has more: content, cache tokens).
+CLIENT_LIBRARY_SCOPES = ("com.anthropic.sdk.python",)
 
 # Span type, from the first of these keys present; values are matched case-insensitively.
 TYPE_BY_KEY: tuple[tuple[str, Mapping[str, str]], ...] = (
@@ -124,6 +131,7 @@ SLOT_KEYS: dict[str, tuple[str, ...]] = {
     "cache_write_tokens": CACHE_WRITE_KEYS,
     "reasoning_tokens": REASONING_KEYS,
     "explicit_cost": COST_KEYS,
+    "response_id": RESPONSE_ID_KEYS,
 }
 COUNT_SLOTS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
 
@@ -141,7 +149,15 @@ def attribute_key_rows() -> list[tuple[str, int, int, str]]:
 # for every element read (~1 us each), so the scalars travel packed in the head, at fixed offsets
 # (HEAD_LAYOUT) or length-prefixed (name, then scope name), and the optional elements are read only
 # when their flag bit is set.
-OPTIONAL_ELEMENTS = ("status_message", "events", "links", "input_text", "output_text", "scope_version")
+OPTIONAL_ELEMENTS = (
+    "status_message",
+    "events",
+    "links",
+    "input_text",
+    "output_text",
+    "scope_version",
+    "reasoning_text",
+)
 ROW_ELEMENTS = ("head", "attributes", *OPTIONAL_ELEMENTS)
 FLAG_ROOT = 1  # no parent, or a parent in another process
 OPTIONAL_FLAGS = {name: 2 << index for index, name in enumerate(OPTIONAL_ELEMENTS)}  # see SpanMapper.row
@@ -202,10 +218,9 @@ class SpanMapper:
         span_links = span.links if raw_links is None or len(raw_links) else ()
         events = _events(span_events, self._capture, self._redactor) if span_events else None
         links = _links(span_links, self._redactor) if span_links else None
-        if self._capture:
-            input_text, output_text = extract_text(attrs, span_events, self._limit)
-        else:
-            input_text = output_text = None
+        input_text, output_text, reasoning_text = (
+            extract_text(attrs, span_events, self._limit) if self._capture else NO_TEXT
+        )
         message = status.description
         version = None if scope is None else scope.version
         # Bits as OPTIONAL_FLAGS lists them (spelled out: this line runs for every span).
@@ -217,6 +232,7 @@ class SpanMapper:
             | (input_text is not None) << 4
             | (output_text is not None) << 5
             | (version is not None) << 6
+            | (reasoning_text is not None) << 7
         )
         resource = span.resource
         cached = self._resources.get(id(resource))
@@ -239,6 +255,7 @@ class SpanMapper:
             input_text,
             output_text,
             version,
+            reasoning_text,
         ]
 
     def _resource(self, resource: Any) -> int | None:
@@ -333,14 +350,14 @@ class SpanMapper:
             new[3] = walk(row[3], redact)
         if row[4] is not None:
             new[4] = [{**link, "attributes": walk(link["attributes"], redact)} for link in row[4]]
-        if row[5] is not None or row[6] is not None:
-            new[5], new[6] = self._texts(row, redact)
+        if row[5] is not None or row[6] is not None or row[8] is not None:
+            new[5], new[6], new[8] = self._texts(row, redact)
         return new
 
-    def _texts(self, row: list[Any], redact: Callable[[str], str]) -> tuple[str | None, str | None]:
-        """input_text / output_text redacted. A text cut to max_content_length may have cut a secret
-        short of what its rule recognises: such a text is taken again whole, redacted, then cut."""
-        texts = [row[5], row[6]]
+    def _texts(self, row: list[Any], redact: Callable[[str], str]) -> list[str | None]:
+        """input, output and reasoning text redacted. A text cut to max_content_length may have cut a
+        secret short of what its rule recognises: such a text is taken again whole, redacted, then cut."""
+        texts = [row[5], row[6], row[8]]
         limit = self._limit
         if limit and any(isinstance(t, str) and len(t) == limit for t in texts):
             events = [SimpleNamespace(name=e["name"], attributes=e["attributes"]) for e in row[3] or ()]
@@ -350,8 +367,7 @@ class SpanMapper:
                 for t, w in zip(texts, whole, strict=True)
             ]
         out = [None if t is None else redact(t) for t in texts]
-        cut = [None if t is None else t[:limit] if len(t) > limit else t for t in out]
-        return cut[0], cut[1]
+        return [None if t is None else t[:limit] if len(t) > limit else t for t in out]
 
 
 def _attributes(span: ReadableSpan) -> dict[str, Any]:
@@ -392,8 +408,8 @@ def _span_type(attrs: Mapping[str, Any]) -> str:
 
 
 def _events(events: Sequence[Any], capture: bool, redactor: Redactor | None = None) -> list[dict[str, Any]]:
-    out = []
-    for event in events:
+    out: list[dict[str, Any]] = []
+    for event in _consolidated(events) if len(events) > 1 else events:
         attrs = dict(event.attributes or {})
         if not capture:
             attrs = {
@@ -403,6 +419,36 @@ def _events(events: Sequence[Any], capture: bool, redactor: Redactor | None = No
             attrs = dict(redactor.secret_attributes(attrs))
         out.append({"name": event.name, "time_unix_nano": event.timestamp, "attributes": attrs})
     return out
+
+
+def _consolidated(events: Sequence[Any]) -> list[Any]:
+    """The events with each run of consecutive stream-chunk events (a name ending in "chunk", one
+    event per streamed chunk) made one: at the first chunk's time, with ``chunk_count``, the last
+    chunk's time, and each attribute's texts joined in order (other values: the last one)."""
+    out: list[Any] = []
+    run: list[Any] = []
+    for event in [*events, None]:
+        if run and (event is None or event.name != run[0].name):
+            out.extend(run if len(run) == 1 else [_chunk_run(run)])
+            run = []
+        if event is None:
+            break
+        if event.name.lower().endswith("chunk"):
+            run.append(event)
+        else:
+            out.append(event)
+    return out
+
+
+def _chunk_run(run: list[Any]) -> SimpleNamespace:
+    attrs: dict[str, Any] = {}
+    for event in run:
+        for key, value in (event.attributes or {}).items():
+            previous = attrs.get(key)
+            attrs[key] = previous + value if isinstance(previous, str) and isinstance(value, str) else value
+    attrs["chunk_count"] = len(run)
+    attrs["last_time_unix_nano"] = run[-1].timestamp
+    return SimpleNamespace(name=run[0].name, timestamp=run[0].timestamp, attributes=attrs)
 
 
 def _links(links: Sequence[Any], redactor: Redactor | None = None) -> list[dict[str, Any]]:

@@ -25,9 +25,12 @@ from otel_sqlite_exporter._records import (
     ENTRY_COLUMNS,
     ENTRY_FROM,
     ENTRY_JOINS,
+    LOG_COLUMNS,
+    LOG_FROM,
     SESSION_COLUMNS,
     SESSION_STATUSES,
     SPAN_STATUSES,
+    LogEntry,
     ModelUsage,
     SearchHit,
     SessionSummary,
@@ -36,6 +39,7 @@ from otel_sqlite_exporter._records import (
     _Record,
     entry_from_row,
     from_ns,
+    log_from_row,
     session_from_row,
     to_ns,
 )
@@ -279,6 +283,56 @@ class TraceStore:
         ).fetchall()
         return [entry_from_row(row) for row in rows]
 
+    # -- logs --------------------------------------------------------------------------------------
+
+    def get_logs(
+        self,
+        *,
+        session_id: str | None = None,
+        trace_id: str | None = None,
+        span_id: str | None = None,
+        since: datetime | str | None = None,
+        until: datetime | str | None = None,
+        min_severity: int | None = None,
+        event_name: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[LogEntry]:
+        """Log records matching every filter given, oldest first.
+
+        GenAI content events are not here: they are on their span (``TraceEntry.events`` and its
+        texts). ``min_severity`` is an OpenTelemetry severity number (9 INFO, 13 WARN, 17 ERROR).
+        """
+        where: list[str] = []
+        params: list[Any] = []
+        if session_id is not None:
+            where.append("l.trace_id IN (SELECT trace_id FROM traces WHERE session_id = ?)")
+            params.append(session_id)
+        for column, value in (("trace_id", trace_id), ("span_id", span_id), ("event_name", event_name)):
+            if value is not None:
+                where.append(f"l.{column} = ?")
+                params.append(value)
+        for bound, op, label in ((since, ">=", "since"), (until, "<", "until")):
+            if bound is not None:
+                where.append(f"l.time_unix_nano {op} ?")
+                params.append(to_ns(bound, label))
+        if min_severity is not None:
+            where.append("l.severity_number >= ?")
+            params.append(_whole(min_severity, "min_severity"))
+        sql = f"SELECT {LOG_COLUMNS} FROM {LOG_FROM} {_where(where)} ORDER BY l.time_unix_nano, l.log_id"
+        with self._read() as conn:
+            rows = conn.execute(sql + " LIMIT ? OFFSET ?", (*params, *_page(limit, offset))).fetchall()
+        return [log_from_row(row) for row in rows]
+
+    def _session_logs(self, conn: sqlite3.Connection, session_id: str) -> list[LogEntry]:
+        rows = conn.execute(
+            f"SELECT {LOG_COLUMNS} FROM {LOG_FROM} "
+            "WHERE l.trace_id IN (SELECT trace_id FROM traces WHERE session_id = ?) "
+            "ORDER BY l.time_unix_nano, l.log_id",
+            (session_id,),
+        ).fetchall()
+        return [log_from_row(row) for row in rows]
+
     # -- trees -------------------------------------------------------------------------------------
 
     def session_tree(self, session_id: str) -> SessionTree:
@@ -286,8 +340,7 @@ class TraceStore:
         with self._read() as conn:
             session = self._require_session(conn, session_id)
             entries = self._session_entries(conn, session_id)
-        index: dict[tuple[str, str], Any] = {}
-        return SessionTree(session=session, traces=tuple(build_traces(entries, index)), _index=index)
+        return _session_tree(session, entries)
 
     def trace_tree(self, trace_id: str) -> TraceNode:
         """One trace as a forest of spans (its root, then any orphans)."""
@@ -367,8 +420,13 @@ class TraceStore:
     # -- renderings and export -----------------------------------------------------------------------
 
     def format_tree(self, session_id: str, *, color: bool = False) -> str:
-        """The session tree as text: one line per span with type, duration, model, tokens, cost."""
-        return _render.tree(self.session_tree(session_id), color=color)
+        """The session tree as text: one line per span with type, duration, model, tokens, cost,
+        and the log records emitted in each span beneath it."""
+        with self._read() as conn:
+            session = self._require_session(conn, session_id)
+            entries = self._session_entries(conn, session_id)
+            logs = self._session_logs(conn, session_id)
+        return _render.tree(_session_tree(session, entries), logs, color=color)
 
     def format_timeline(self, session_id: str, *, color: bool = False) -> str:
         """The session's spans in start order, each with its offset from the session start."""
@@ -560,6 +618,11 @@ def _models(rows: Any) -> list[ModelUsage]:
         ModelUsage(model=m, calls=n, input_tokens=i, output_tokens=o, total_tokens=i + o, cost_usd=c)
         for m, n, i, o, c in rows
     ]
+
+
+def _session_tree(session: TraceSession, entries: list[TraceEntry]) -> SessionTree:
+    index: dict[tuple[str, str], Any] = {}
+    return SessionTree(session=session, traces=tuple(build_traces(entries, index)), _index=index)
 
 
 def _choice(value: str, allowed: tuple[str, ...], name: str) -> str:

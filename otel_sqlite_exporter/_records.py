@@ -199,6 +199,10 @@ class TraceEntry(_Record):
     cost_usd: float | None
     input_text: str | None
     output_text: str | None
+    #: The model's reasoning (thinking blocks, reasoning summaries), apart from its output.
+    reasoning_text: str | None
+    #: The provider's response id (``gen_ai.response.id``); spans sharing one recorded the same call.
+    response_id: str | None
     attributes: dict[str, Any]
     events: list[dict[str, Any]]
     links: list[dict[str, Any]]
@@ -225,7 +229,8 @@ ENTRY_COLUMNS = """s.span_id, s.trace_id, s.parent_span_id, s.session_id, s.type
          WHEN se.status = 'interrupted' THEN 'interrupted' ELSE 'running' END,
     s.status_message, s.model, s.provider, s.operation, s.input_tokens, s.output_tokens,
     s.cache_read_tokens, s.cache_write_tokens, s.reasoning_tokens, s.cost_usd,
-    s.input_text, s.output_text, s.attributes, s.events, s.links, r.service_name,
+    s.input_text, s.output_text, s.reasoning_text, s.response_id, s.attributes, s.events, s.links,
+    r.service_name,
     s.scope_name, s.scope_version, s.is_root, s.has_usage AND NOT s.usage_below"""
 ENTRY_JOINS = """LEFT JOIN sessions AS se ON se.session_id = s.session_id
     LEFT JOIN resources AS r ON r.resource_id = s.resource_id"""
@@ -237,8 +242,9 @@ _new_entry = fast_constructor(TraceEntry)
 
 def entry_from_row(row: Sequence[Any]) -> TraceEntry:
     (span_id, trace_id, parent, session_id, type_, name, kind, start, end, duration, status, message,
-     model, provider, operation, inp, out, cr, cw, rs, cost, in_text, out_text, attributes, events,
-     links, service, scope, scope_version, is_root, counted) = row  # fmt: skip
+     model, provider, operation, inp, out, cr, cw, rs, cost, in_text, out_text, reasoning,
+     response_id, attributes, events, links, service, scope, scope_version, is_root,
+     counted) = row  # fmt: skip
     return _new_entry(
         id=span_id,
         trace_id=trace_id,
@@ -263,6 +269,8 @@ def entry_from_row(row: Sequence[Any]) -> TraceEntry:
         cost_usd=cost,
         input_text=in_text,
         output_text=out_text,
+        reasoning_text=reasoning,
+        response_id=response_id,
         attributes=_loads(attributes, {}),
         events=_loads(events, []),
         links=_loads(links, []),
@@ -273,6 +281,55 @@ def entry_from_row(row: Sequence[Any]) -> TraceEntry:
         counted=bool(counted),
         start_time_unix_nano=start,
         end_time_unix_nano=end,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntry(_Record):
+    """One log record, linked to the span it was emitted in (when it was emitted inside one).
+
+    ``body`` is the record's body as stored: a text body as it is, any other body as JSON text.
+    """
+
+    id: int
+    trace_id: str | None
+    span_id: str | None
+    session_id: str | None
+    timestamp: datetime
+    severity_number: int | None
+    severity: str | None
+    event_name: str | None
+    body: str | None
+    attributes: dict[str, Any]
+    service_name: str | None
+    scope_name: str | None
+    time_unix_nano: int
+
+
+# The columns behind a LogEntry, in field order (FROM logs AS l LEFT JOIN traces AS t, resources AS r).
+LOG_COLUMNS = """l.log_id, l.trace_id, l.span_id, t.session_id, l.time_unix_nano, l.severity_number,
+    l.severity_text, l.event_name, l.body, l.attributes, r.service_name, l.scope_name, l.time_unix_nano"""
+LOG_FROM = """logs AS l LEFT JOIN traces AS t ON t.trace_id = l.trace_id
+    LEFT JOIN resources AS r ON r.resource_id = l.resource_id"""
+
+
+def log_from_row(row: Sequence[Any]) -> LogEntry:
+    (log_id, trace_id, span_id, session_id, time, severity_number, severity, event_name, body,
+     attributes, service, scope, time_ns) = row  # fmt: skip
+    return LogEntry(
+        id=log_id,
+        trace_id=trace_id,
+        span_id=span_id,
+        session_id=session_id,
+        timestamp=from_ns(time),  # type: ignore[arg-type]
+        severity_number=severity_number,
+        severity=severity,
+        event_name=event_name,
+        body=body,
+        attributes=_loads(attributes, {}),
+        service_name=service,
+        scope_name=scope,
+        time_unix_nano=time_ns,
     )
 
 

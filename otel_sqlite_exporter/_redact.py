@@ -581,6 +581,7 @@ class ScrubResult:
     spans_changed: int
     resources_changed: int
     traces_changed: int
+    logs_changed: int
     dry_run: bool
     #: The write-ahead log was emptied, so no old page versions remain beside the file.
     checkpointed: bool
@@ -589,7 +590,7 @@ class ScrubResult:
 
     @property
     def changed(self) -> int:
-        return self.spans_changed + self.resources_changed + self.traces_changed
+        return self.spans_changed + self.resources_changed + self.traces_changed + self.logs_changed
 
 
 _SCRUB_BATCH = 500
@@ -599,13 +600,15 @@ _SPAN_COLUMNS = (
     ("status_message", False),
     ("input_text", False),
     ("output_text", False),
+    ("reasoning_text", False),
     ("attributes", True),
     ("events", True),
     ("links", True),
     ("scope_name", False),
     ("scope_version", False),
 )
-_CUT_TEXT_COLUMNS = frozenset({"input_text", "output_text"})
+_LOG_COLUMNS = (("event_name", False), ("body", False), ("attributes", True))
+_CUT_TEXT_COLUMNS = frozenset({"input_text", "output_text", "reasoning_text"})
 # A JSON column holds a secret-named key only if one of these ends a key in its text.
 _KEY_PROBE = re.compile(
     r'(?:authorization|cookie|passw(?:or)?d|secret|credentials?|key|token)"', re.IGNORECASE | _A
@@ -621,13 +624,13 @@ def scrub_file(
 ) -> ScrubResult:
     """Redact a trace file in place, for example one written with ``redact=False``.
 
-    Span names, status messages, input/output text, attributes, events, links and scope, resource
-    attributes and trace root names are redacted like the writer redacts them (``redact`` and
-    ``patterns`` as the options of the same names), in transactions of 500 rows, so an
-    application may keep writing meanwhile. Then the bytes replaced leave the file: deletions are
-    zeroed (``secure_delete``), the full-text index is merged (its old tokens purged), the file is
-    rebuilt (``VACUUM``: earlier versions of rows also linger in free space) and shrunk, and the
-    write-ahead log is emptied. ``dry_run`` only counts.
+    Span names, status messages, input/output/reasoning text, attributes, events, links and scope,
+    log records' bodies and attributes, resource attributes and trace root names are redacted like
+    the writer redacts them (``redact`` and ``patterns`` as the options of the same names), in
+    transactions of 500 rows, so an application may keep writing meanwhile. Then the bytes replaced
+    leave the file: deletions are zeroed (``secure_delete``), the full-text index is merged (its
+    old tokens purged), the file is rebuilt (``VACUUM``: earlier versions of rows also linger in
+    free space) and shrunk, and the write-ahead log is emptied. ``dry_run`` only counts.
 
     Raises ``TraceFileError`` when the file is missing or not a trace file; a rebuild or log
     reset that other connections prevent is reported in the result, not raised.
@@ -639,7 +642,8 @@ def scrub_file(
     conn = open_reader(os.fspath(path)) if dry_run else connect(os.fspath(path), create=False)
     try:
         conn.execute("PRAGMA secure_delete = ON")
-        spans_scanned, spans_changed = _scrub_spans(conn, redactor, dry_run)
+        spans_scanned, spans_changed = _scrub_rows(conn, redactor, dry_run, "spans", "id", _SPAN_COLUMNS)
+        _, logs_changed = _scrub_rows(conn, redactor, dry_run, "logs", "log_id", _LOG_COLUMNS)
         resources_changed = _scrub_resources(conn, redactor, dry_run)
         traces_changed = _scrub_traces(conn, redactor, dry_run)
         checkpointed = vacuumed = False
@@ -654,6 +658,7 @@ def scrub_file(
             spans_changed=spans_changed,
             resources_changed=resources_changed,
             traces_changed=traces_changed,
+            logs_changed=logs_changed,
             dry_run=dry_run,
             checkpointed=checkpointed,
             vacuumed=vacuumed,
@@ -671,10 +676,20 @@ def _try(conn: sqlite3.Connection, statement: str) -> bool:
     return True
 
 
-def _scrub_spans(conn: sqlite3.Connection, redactor: Redactor, dry_run: bool) -> tuple[int, int]:
-    columns = [name for name, _ in _SPAN_COLUMNS]
-    select = f"SELECT id, {', '.join(columns)} FROM spans WHERE id > ? ORDER BY id LIMIT {_SCRUB_BATCH}"
-    update = f"UPDATE spans SET {', '.join(f'{c} = ?' for c in columns)} WHERE id = ?"
+def _scrub_rows(
+    conn: sqlite3.Connection,
+    redactor: Redactor,
+    dry_run: bool,
+    table: str,
+    key: str,
+    spec: Sequence[tuple[str, bool]],
+) -> tuple[int, int]:
+    """(rows scanned, rows changed) of ``table``, whose ``spec`` columns (name, is JSON) are scrubbed."""
+    columns = [name for name, _ in spec]
+    select = (
+        f"SELECT {key}, {', '.join(columns)} FROM {table} WHERE {key} > ? ORDER BY {key} LIMIT {_SCRUB_BATCH}"
+    )
+    update = f"UPDATE {table} SET {', '.join(f'{c} = ?' for c in columns)} WHERE {key} = ?"
     scanned = changed = 0
     last = 0
     while True:
@@ -687,7 +702,7 @@ def _scrub_spans(conn: sqlite3.Connection, redactor: Redactor, dry_run: bool) ->
             for row in rows:
                 new = [
                     _scrub_column(redactor, name, is_json, value)
-                    for (name, is_json), value in zip(_SPAN_COLUMNS, row[1:], strict=True)
+                    for (name, is_json), value in zip(spec, row[1:], strict=True)
                 ]
                 if new != list(row[1:]):
                     updates.append((*new, row[0]))

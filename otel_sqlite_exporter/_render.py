@@ -10,6 +10,7 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 from otel_sqlite_exporter._records import (
+    LogEntry,
     ModelUsage,
     SearchHit,
     SessionSummary,
@@ -182,9 +183,12 @@ def span_line(
     return " · ".join(p for p in parts if p)
 
 
-def tree(session_tree: SessionTree, *, color: bool = False) -> str:
+def tree(session_tree: SessionTree, logs: Iterable[LogEntry] = (), *, color: bool = False) -> str:
     style = Style(color)
     lines = session_header(session_tree.session, style)
+    logs_of: dict[tuple[str | None, str | None], list[LogEntry]] = {}
+    for log in logs:
+        logs_of.setdefault((log.trace_id, log.span_id), []).append(log)
     for trace in session_tree.traces:
         facts = [plural(trace.span_count, "span"), tokens(trace.input_tokens, trace.output_tokens)]
         if trace.cost_usd is not None:
@@ -204,16 +208,54 @@ def tree(session_tree: SessionTree, *, color: bool = False) -> str:
             )
             if node.orphan:
                 line += style(f" (parent {node.entry.parent_id} not in the file)", "dim")
+            if _is_repeat(node):
+                e = node.entry
+                line += style(
+                    f" ({tokens(e.input_tokens, e.output_tokens)} repeated: response "
+                    f"{clean(e.response_id or '')} is counted once, in its other span)",
+                    "dim",
+                )
             if depth >= _MAX_INDENT:
                 line = rest[:-3] + style(f"[depth {depth}] ", "dim") + line[len(rest) - 3 :]
             lines.append(line)
+            for log in logs_of.pop((node.entry.trace_id, node.entry.id), ()):
+                lines.append(rest + log_line(log, style))
             grow = depth < _MAX_INDENT
             for j in range(len(node.children) - 1, -1, -1):
                 last = j == len(node.children) - 1
                 child_head = (rest if grow else rest[:-3]) + ("└─ " if last else "├─ ")
                 child_rest = (rest if grow else rest[:-3]) + ("   " if last else "│  ")
                 stack.append((node.children[j], child_head, child_rest, depth + 1))
+        # Records of this trace whose span is not in the file.
+        for key in [key for key in logs_of if key[0] == trace.trace_id]:
+            lines += ["   " + log_line(log, style) for log in logs_of.pop(key)]
     return "\n".join(lines)
+
+
+def log_line(log: LogEntry, style: Style) -> str:
+    """A log record under its span: a dot, severity, event name and body, on one line."""
+    severity = log.severity or (f"SEV{log.severity_number}" if log.severity_number else "LOG")
+    paint = (
+        "red" if (log.severity_number or 0) >= 17 else "yellow" if (log.severity_number or 0) >= 13 else "dim"
+    )
+    parts = [style("·", "dim"), style(clean(severity), paint)]
+    if log.event_name:
+        parts.append(style(clean(log.event_name), "bold"))
+    if log.body:
+        parts.append(truncate(clean(log.body), 160))
+    return " ".join(parts)
+
+
+def _is_repeat(node: SpanNode) -> bool:
+    """A model call recorded twice (same response id): this span's usage is counted in the other."""
+    e = node.entry
+    return (
+        e.response_id is not None
+        and not e.counted
+        and (e.input_tokens is not None or e.output_tokens is not None)
+        and not node.input_tokens
+        and not node.output_tokens
+    )
 
 
 def timeline(session: TraceSession, entries: Iterable[TraceEntry], *, color: bool = False) -> str:
@@ -375,6 +417,7 @@ def span_detail(entry: TraceEntry, style: Style) -> str:
             ("model", _opt(e.model)),
             ("provider", _opt(e.provider)),
             ("operation", _opt(e.operation)),
+            ("response", _opt(e.response_id)),
             ("input tokens", _num(e.input_tokens)),
             ("output tokens", _num(e.output_tokens)),
             ("cache read", _num(e.cache_read_tokens, show_zero=False)),
@@ -409,7 +452,7 @@ def span_detail(entry: TraceEntry, style: Style) -> str:
                 lines.append(clean(f"  trace {link.get('trace_id', '')} span {link.get('span_id', '')}"))
             else:
                 lines.append(f"  {clean(_value(link))}")
-    for label, text in (("Input", e.input_text), ("Output", e.output_text)):
+    for label, text in (("Input", e.input_text), ("Reasoning", e.reasoning_text), ("Output", e.output_text)):
         if text:
             lines.append(style(label, "bold"))
             # Each line cleaned on its own: the text's newlines stay line breaks.

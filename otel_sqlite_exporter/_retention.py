@@ -119,6 +119,8 @@ _SCRATCH = (
         DELETE FROM spans WHERE session_id IN ({_IN_BATCH});
         DELETE FROM pending_ancestors WHERE trace_id IN
             (SELECT t.trace_id FROM traces AS t WHERE t.session_id IN ({_IN_BATCH}));
+        DELETE FROM logs WHERE trace_id IN
+            (SELECT t.trace_id FROM traces AS t WHERE t.session_id IN ({_IN_BATCH}));
         DELETE FROM traces WHERE session_id IN ({_IN_BATCH});
         DELETE FROM sessions WHERE session_id IN ({_IN_BATCH});
         DELETE FROM sweep_sessions;
@@ -150,6 +152,12 @@ _SCRATCH = (
     END""",
 )
 
+
+_OLD_RECORDS = (
+    "DELETE FROM logs WHERE log_id IN (SELECT log_id FROM logs WHERE time_unix_nano < ? LIMIT ?)",
+    "DELETE FROM pending_content WHERE id IN "
+    "(SELECT id FROM pending_content WHERE received_unix_nano < ? LIMIT ?)",
+)
 
 # -- results -----------------------------------------------------------------------------------
 
@@ -494,7 +502,9 @@ class RetentionSweeper:
             tally.interrupted = self._mark_stale(conn, now)
             days = self._days(conn)
             if days:
-                self._delete_older_than(conn, max(_INT64_MIN, now - days * _DAY_NS), tally)
+                cutoff = max(_INT64_MIN, now - days * _DAY_NS)
+                self._delete_older_than(conn, cutoff, tally)
+                self._delete_old_records(conn, cutoff)
             if self.max_db_bytes is not None:
                 self._delete_to_size(conn, self.max_db_bytes, tally)
             self._reclaim(conn)
@@ -616,6 +626,13 @@ class RetentionSweeper:
                 return
             self._delete_sessions(conn, [(sid, seen, spans) for _, sid, seen, spans in rows], tally)
             after = (rows[-1][2], rows[-1][0])
+
+    def _delete_old_records(self, conn: sqlite3.Connection, cutoff: int) -> None:
+        """Log records of no session (emitted outside any span, or whose trace was never stored),
+        and GenAI content whose span never came, once older than the cutoff: a page at a time."""
+        for sql in _OLD_RECORDS:
+            while self._paced(conn, sql, (cutoff, _PAGE))[1]:
+                pass
 
     def _delete_to_size(self, conn: sqlite3.Connection, cap: int, tally: _Tally) -> None:
         while True:

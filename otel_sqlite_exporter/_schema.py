@@ -245,8 +245,92 @@ _V3 = Migration(
     ),
 )
 
-MIGRATIONS: tuple[Migration, ...] = (_V1, _V2, _V3)
+_FTS_COLUMNS = "name, input_text, output_text, reasoning_text"
+_LOGS_TABLE = """CREATE TABLE {schema}logs (
+            log_id INTEGER PRIMARY KEY,
+            trace_id TEXT,
+            span_id TEXT,
+            time_unix_nano INTEGER NOT NULL,
+            observed_time_unix_nano INTEGER,
+            severity_number INTEGER,
+            severity_text TEXT,
+            event_name TEXT,
+            -- A text body as it is; any other body as JSON.
+            body TEXT,
+            attributes TEXT,
+            resource_id INTEGER REFERENCES resources (resource_id),
+            scope_name TEXT,
+            scope_version TEXT
+        )"""
+_V4 = Migration(
+    4,
+    "GenAI content and logs: reasoning text, response ids, log records, content waiting for its span",
+    (
+        # The model's reasoning (thinking blocks, reasoning summaries), kept out of output_text.
+        "ALTER TABLE spans ADD COLUMN reasoning_text TEXT",
+        # gen_ai.response.id: one model call recorded by two instrumentations is counted once.
+        "ALTER TABLE spans ADD COLUMN response_id TEXT",
+        """CREATE INDEX spans_by_response_id ON spans (response_id, scope_name)
+            WHERE response_id IS NOT NULL""",
+        # The full-text index gains the reasoning text: rebuilt from the spans.
+        "DROP TRIGGER spans_fts_insert",
+        "DROP TRIGGER spans_fts_delete",
+        "DROP TRIGGER spans_fts_update",
+        "DROP TABLE spans_fts",
+        f"CREATE VIRTUAL TABLE spans_fts USING fts5 ({_FTS_COLUMNS}, content='spans', content_rowid='id')",
+        f"""CREATE TRIGGER spans_fts_insert AFTER INSERT ON spans BEGIN
+            INSERT INTO spans_fts (rowid, {_FTS_COLUMNS})
+            VALUES (new.id, new.name, new.input_text, new.output_text, new.reasoning_text);
+        END""",
+        f"""CREATE TRIGGER spans_fts_delete AFTER DELETE ON spans BEGIN
+            INSERT INTO spans_fts (spans_fts, rowid, {_FTS_COLUMNS})
+            VALUES ('delete', old.id, old.name, old.input_text, old.output_text, old.reasoning_text);
+        END""",
+        f"""CREATE TRIGGER spans_fts_update
+        AFTER UPDATE OF name, input_text, output_text, reasoning_text ON spans
+        WHEN old.name IS NOT new.name OR old.input_text IS NOT new.input_text
+            OR old.output_text IS NOT new.output_text OR old.reasoning_text IS NOT new.reasoning_text
+        BEGIN
+            INSERT INTO spans_fts (spans_fts, rowid, {_FTS_COLUMNS})
+            VALUES ('delete', old.id, old.name, old.input_text, old.output_text, old.reasoning_text);
+            INSERT INTO spans_fts (rowid, {_FTS_COLUMNS})
+            VALUES (new.id, new.name, new.input_text, new.output_text, new.reasoning_text);
+        END""",
+        "INSERT INTO spans_fts (spans_fts) VALUES ('rebuild')",
+        # Log records (other than GenAI content, which goes onto its span), linked to their span.
+        _LOGS_TABLE.format(schema=""),
+        # get_logs() by session (its traces), trace or span, and in time order.
+        "CREATE INDEX logs_by_trace ON logs (trace_id, time_unix_nano) WHERE trace_id IS NOT NULL",
+        "CREATE INDEX logs_by_span ON logs (span_id) WHERE span_id IS NOT NULL",
+        "CREATE INDEX logs_by_time ON logs (time_unix_nano)",
+        # GenAI content that came as a log record (gen_ai.client.inference.operation.details, ...)
+        # before its span was stored, or before it ended: merged into the span when it is written.
+        """CREATE TABLE pending_content (
+            id INTEGER PRIMARY KEY,
+            trace_id TEXT NOT NULL,
+            span_id TEXT NOT NULL,
+            received_unix_nano INTEGER NOT NULL,
+            input_text TEXT,
+            output_text TEXT,
+            reasoning_text TEXT,
+            -- The span event it becomes: {"name", "time_unix_nano", "attributes"}.
+            event TEXT NOT NULL
+        )""",
+        "CREATE INDEX pending_content_by_span ON pending_content (trace_id, span_id)",
+    ),
+)
+
+MIGRATIONS: tuple[Migration, ...] = (_V1, _V2, _V3, _V4)
 SCHEMA_VERSION = MIGRATIONS[-1].version
+
+# A file of an older version is read as it is (never migrated by a reader): what later versions
+# added is seen through temporary views and tables, empty, so one set of queries reads them all.
+_READ_AS_CURRENT = {
+    4: (
+        "CREATE TEMP VIEW spans AS SELECT *, NULL AS reasoning_text, NULL AS response_id FROM main.spans",
+        _LOGS_TABLE.format(schema="temp."),
+    ),
+}
 
 
 def connect(path: str, *, busy_timeout_millis: int = 10_000, create: bool = True) -> sqlite3.Connection:
@@ -296,6 +380,11 @@ def open_reader(path: str, *, busy_timeout_millis: int = 10_000) -> sqlite3.Conn
         if _check_foreign(conn, path, fresh=False):
             raise TraceFileError(path, "has no trace schema yet: nothing has been written to it")
         conn.execute("PRAGMA cache_size = -32768")
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        for added_in, statements in _READ_AS_CURRENT.items():
+            if version < added_in:
+                for statement in statements:
+                    conn.execute(statement)
 
     return _open(path, f"file:{pathname2url(path)}?mode=ro", busy_timeout_millis, setup)
 

@@ -26,7 +26,9 @@ from opentelemetry.sdk.trace import ReadableSpan
 
 from otel_sqlite_exporter._budget import BUDGET_STATUSES, BudgetMark
 from otel_sqlite_exporter._config import Options
+from otel_sqlite_exporter._content import CONTENT_EVENTS
 from otel_sqlite_exporter._normalize import (
+    CLIENT_LIBRARY_SCOPES,
     COUNT_SLOTS,
     FLAG_ROOT,
     HEAD_LAYOUT,
@@ -85,7 +87,15 @@ _STAGED_FROM_ROW = {
 # -- per-connection scratch space -----------------------------------------------------------------
 
 # Scratch tables holding one batch; emptied when it commits (or rolls back).
-_BATCH_TABLES = ("staged_spans", "staged_traces", "moved_traces", "touched_sessions", "ancestors")
+_BATCH_TABLES = (
+    "staged_spans",
+    "staged_traces",
+    "moved_traces",
+    "touched_sessions",
+    "ancestors",
+    "recounted_traces",
+    "repeated_spans",
+)
 
 _SCRATCH = (
     """CREATE TEMP TABLE attribute_keys (
@@ -102,6 +112,9 @@ _SCRATCH = (
     "CREATE TEMP TABLE moved_traces (trace_id TEXT PRIMARY KEY, old_session_id TEXT)",
     "CREATE TEMP TABLE touched_sessions (session_id TEXT PRIMARY KEY)",
     "CREATE TEMP TABLE ancestors (trace_id, span_id, PRIMARY KEY (trace_id, span_id))",
+    # Stored traces outside the batch whose rollups change with it (a repeat of a model call found).
+    "CREATE TEMP TABLE recounted_traces (trace_id TEXT PRIMARY KEY)",
+    "CREATE TEMP TABLE repeated_spans (id INTEGER PRIMARY KEY, trace_id TEXT)",
     # The process writing: sessions it touches record it, so a sweep can tell a dead process's
     # running session from a live one's.
     "CREATE TEMP TABLE writer_identity (pid INTEGER, host TEXT)",
@@ -183,6 +196,8 @@ _SPAN_DATA = {
     "cost_usd": f"coalesce(s.explicit_cost, CASE WHEN {_has_tokens} THEN {_priced} END)",
     "input_text": "s.input_text",
     "output_text": "s.output_text",
+    "reasoning_text": "s.reasoning_text",
+    "response_id": "s.response_id",
     "attributes": "s.attributes",
     "events": "s.events",
     "links": "s.links",
@@ -192,13 +207,18 @@ _SPAN_DATA = {
     "is_root": f"s.flags & {FLAG_ROOT}",
     "has_usage": f"({_has_tokens} OR s.explicit_cost IS NOT NULL)",
 }
-# Budget events are added to a stored span after the batch that holds it (see _ADD_BUDGET_EVENT); the
-# span written again (a re-export) keeps them. The test on the old text is all a span without them
-# costs, so the common rewrite (an end row over its start row, events NULL) stays as cheap as before.
-_kept_events = " OR ".join(f"value ->> 'name' = 'budget.{status}'" for status in BUDGET_STATUSES[1:])
+# Budget events, and GenAI content from log records, are added to a stored span after the batch that
+# holds it (see _ADD_BUDGET_EVENT, MERGE_PENDING_CONTENT); the span written again (a re-export, or its
+# end row over its start row) keeps them, and keeps texts it had when the new row has none. The test
+# on the old text is all a span without them costs, so the common rewrite stays cheap.
+_KEPT_EVENT_NAMES = (*(f"budget.{status}" for status in BUDGET_STATUSES[1:]), *sorted(CONTENT_EVENTS))
+_kept_events = "value ->> 'name' IN (" + ", ".join(f"'{name}'" for name in _KEPT_EVENT_NAMES) + ")"
+_TEXTS = ("input_text", "output_text", "reasoning_text")
 _UPDATED = {
+    **{text: f"coalesce(excluded.{text}, spans.{text})" for text in _TEXTS},
     "events": f"""CASE
-        WHEN spans.events IS NULL OR instr(spans.events, '"budget.') = 0 OR NOT json_valid(spans.events)
+        WHEN spans.events IS NULL OR NOT json_valid(spans.events)
+            OR (instr(spans.events, '"budget.') = 0 AND instr(spans.events, '"gen_ai.') = 0)
             THEN excluded.events
         ELSE (SELECT json_group_array(json(e.value)) FROM (
             SELECT 0 AS part, key, value FROM json_each(coalesce(excluded.events, '[]'))
@@ -208,6 +228,60 @@ _UPDATED = {
               AND value NOT IN (SELECT value FROM json_each(coalesce(excluded.events, '[]')))
             ORDER BY 1, 2) AS e) END""",
 }
+# A span whose usage is a repeat of the same model call recorded by another instrumentation: a span
+# of another scope, same response id, ranks before it (an instrumentation's span before a client
+# library's own, else the first stored). Spans of one scope sharing an id are distinct calls (a
+# local server that repeats its ids), never repeats. See store_batch.
+_client = "(coalesce({span}.scope_name, '') IN (" + ", ".join(f"'{c}'" for c in CLIENT_LIBRARY_SCOPES) + "))"
+_RANKS_BEFORE = f"""SELECT 1 FROM spans AS k
+    WHERE k.response_id = {{d}}.response_id AND k.has_usage = 1 AND k.id != {{d}}.id
+      AND coalesce(k.scope_name, '') != coalesce({{d}}.scope_name, '')
+      AND ({_client.format(span="k")} < {_client.format(span="{d}")}
+           OR ({_client.format(span="k")} = {_client.format(span="{d}")} AND k.id < {{d}}.id))"""
+
+_scope_of_response = """SELECT scope_name FROM spans
+        WHERE response_id = r.response_id ORDER BY scope_name {order} LIMIT 1"""
+
+# GenAI content from log records (pending_content, see _logs) is merged into its span once both are
+# stored, in whichever order they came, each record once (its event not in the span's events yet).
+# Its texts fill what the span lacks, or follow text that earlier records gave; a span's own text
+# (from attributes) is never repeated. {pending} selects the rows to look at: the batch's spans' here,
+# the log batch's own in _logs.
+_content_names = ", ".join(f"'{name}'" for name in sorted(CONTENT_EVENTS))
+_had_content = (
+    f"""EXISTS (SELECT 1 FROM json_each(spans.events) WHERE value ->> 'name' IN ({_content_names}))"""
+)
+_merged_texts = ", ".join(
+    f"""{t} = CASE WHEN spans.{t} IS NULL THEN c.{t} WHEN c.{t} IS NULL THEN spans.{t}
+        WHEN json_valid(spans.events) AND {_had_content} THEN spans.{t} || char(10) || c.{t}
+        ELSE spans.{t} END"""
+    for t in _TEXTS
+)
+MERGE_PENDING_CONTENT = f"""UPDATE spans SET {_merged_texts},
+    events = CASE WHEN spans.events IS NULL OR NOT json_valid(spans.events) THEN c.events
+        ELSE (SELECT json_group_array(json(e.value)) FROM (
+            SELECT value FROM json_each(spans.events) UNION ALL SELECT value FROM json_each(c.events)) AS e)
+        END
+    FROM (
+        SELECT trace_id, span_id, {", ".join(f"group_concat({t}, char(10)) AS {t}" for t in _TEXTS)},
+               json_group_array(json(event)) AS events
+        FROM (
+            SELECT p.* FROM pending_content AS p
+            CROSS JOIN spans AS s ON s.trace_id = p.trace_id AND s.span_id = p.span_id
+            WHERE p.id IN ({{pending}}) AND (s.events IS NULL OR NOT json_valid(s.events)
+                OR json(p.event) NOT IN (SELECT value FROM json_each(s.events)))
+            ORDER BY p.id)
+        GROUP BY trace_id, span_id
+    ) AS c
+    WHERE spans.trace_id = c.trace_id AND spans.span_id = c.span_id;"""
+# Content stays pending until its span has ended: the span's end row merges it again (once).
+DELETE_MERGED_CONTENT = """DELETE FROM pending_content WHERE id IN (
+        SELECT p.id FROM pending_content AS p CROSS JOIN spans AS s
+            ON s.trace_id = p.trace_id AND s.span_id = p.span_id
+        WHERE p.id IN ({pending}) AND s.end_time_unix_nano IS NOT NULL);"""
+_STAGED_PENDING = """SELECT p.id FROM staged_spans AS st
+        CROSS JOIN pending_content AS p ON p.trace_id = st.trace_id AND p.span_id = st.span_id"""
+
 _REWRITTEN = ", ".join(f"{c} = {_UPDATED.get(c, f'excluded.{c}')}" for c in _SPAN_DATA)
 _STORE_TRIGGER = f"""
 CREATE TEMP TRIGGER store_batch INSTEAD OF INSERT ON store_batch BEGIN
@@ -270,6 +344,20 @@ CREATE TEMP TRIGGER store_batch INSTEAD OF INSERT ON store_batch BEGIN
     JOIN staged_spans AS s ON s.trace_id = p.trace_id AND s.span_id = p.span_id
     WHERE s.parent_span_id IS NOT NULL AND NOT s.flags & {FLAG_ROOT};
     DELETE FROM pending_ancestors WHERE (trace_id, span_id) IN (SELECT trace_id, span_id FROM staged_spans);
+    -- A model call recorded twice (the anthropic client's own span beside an instrumentation's)
+    -- shares its response id: the repeat (see _RANKS_BEFORE) is marked and its trace recounted.
+    -- Only ids recorded under two scopes or more are looked at (two index probes each): a server
+    -- that gives every response the same id costs nothing here.
+    INSERT INTO repeated_spans (id, trace_id)
+    SELECT d.id, d.trace_id FROM (
+        SELECT DISTINCT response_id FROM staged_spans WHERE response_id IS NOT NULL
+    ) AS r CROSS JOIN spans AS d ON d.response_id = r.response_id
+    WHERE ({_scope_of_response.format(order="")}) IS NOT ({_scope_of_response.format(order="DESC")})
+      AND d.has_usage = 1 AND d.usage_below = 0 AND EXISTS ({_RANKS_BEFORE.format(d="d")});
+    UPDATE spans SET usage_below = 1 WHERE id IN (SELECT id FROM repeated_spans);
+    INSERT OR IGNORE INTO recounted_traces (trace_id) SELECT trace_id FROM repeated_spans;
+    {MERGE_PENDING_CONTENT.format(pending=_STAGED_PENDING)}
+    {DELETE_MERGED_CONTENT.format(pending=_STAGED_PENDING)}
 END"""
 
 # -- step 3: every ancestor of a span with usage is marked usage_below ------------------------------
@@ -325,11 +413,14 @@ CREATE TEMP TRIGGER finish_batch INSTEAD OF INSERT ON finish_batch BEGIN
                    WHEN max(s.end_time_unix_nano IS NULL) THEN 'running'
                    ELSE 'completed'
                END AS status
-        FROM spans AS s WHERE s.trace_id IN (SELECT trace_id FROM staged_traces) GROUP BY s.trace_id
+        FROM spans AS s
+        WHERE s.trace_id IN (SELECT trace_id FROM staged_traces UNION SELECT trace_id FROM recounted_traces)
+        GROUP BY s.trace_id
     ) AS a
     WHERE traces.trace_id = a.trace_id;
     INSERT OR IGNORE INTO touched_sessions (session_id)
     SELECT t.session_id FROM staged_traces AS st CROSS JOIN traces AS t ON t.trace_id = st.trace_id
+    UNION SELECT t.session_id FROM recounted_traces AS rt CROSS JOIN traces AS t ON t.trace_id = rt.trace_id
     UNION SELECT old_session_id FROM moved_traces;
     UPDATE sessions SET
         span_count = a.n, error_count = a.errors,

@@ -1,18 +1,26 @@
-"""configure() + real GenAI instrumentations + the real openai client against FakeLLMServer.
+"""configure() + OpenTelemetry's own openai-v2 instrumentation + the real openai client against
+FakeLLMServer.
 
 configure() sets the global tracer provider and instruments the openai client globally, which can
-happen only once per process, so every scenario runs in its own Python subprocess
-(``run_scenario``); the test process then reads the SQLite file it wrote.
+happen only once per process, so every run is a Python subprocess (``APP``) that plays every
+scenario (chat, streaming, a tool-calling agent, embeddings, cached/reasoning usage, the Responses
+API, an API error), each in a session of its own; the test process then reads the SQLite file it
+wrote. One run per content capture mode (``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT``);
+the runs start together, in parallel, the first time a test needs one.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from dataclasses import dataclass
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -21,224 +29,929 @@ import pytest
 from otel_sqlite_exporter import PriceTable
 from otel_sqlite_exporter._configure import genai_instrumentors
 
+pytest.importorskip("openai")
+pytest.importorskip("opentelemetry.instrumentation.openai_v2")
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+CAPTURE_ENV = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
+DETAILS_EVENT = "gen_ai.client.inference.operation.details"
+HANDLER_SCOPE = "opentelemetry.util.genai.handler"  # openai-v2 2.4 chat spans come from util-genai
+EMBEDDINGS_SCOPE = "opentelemetry.instrumentation.openai_v2"  # embeddings still use its own tracer
+MESSAGE_KEYS = ("gen_ai.input.messages", "gen_ai.output.messages", "gen_ai.system_instructions")
+
 REQUEST_MODEL = "gpt-4o-mini"
 RESPONSE_MODEL = "gpt-4o-mini-2024-07-18"
+EMBEDDING_MODEL = "text-embedding-3-small"
+REASONING_MODEL = "o4-mini"
+REASONING_RESPONSE_MODEL = "o4-mini-2025-04-16"
 
-# The app side of every scenario. It prints one JSON line with what the application observed.
+# What the application sends. Every string is distinctive, so "no prompt anywhere in the file" can
+# be checked by searching the whole file for it.
+SYSTEM = "You are terse and cheerful."
+CHAT_PROMPT = "Say hi to the integration suite"
+STREAM_PROMPT = "Tell a two-line story about a fox"
+AGENT_PROMPT = "What should I pack for Zanzibar tomorrow?"
+CITY = "Zanzibar"
+TOOL_RESULT = json.dumps({"city": CITY, "temperature_c": 31, "conditions": "sunny"})
+EMBED_INPUTS = ["reef-safe sunscreen rules", "dry season months"]
+CACHED_PROMPT = "Summarise the attached employee handbook"
+RESPONSES_PROMPT = "Name a colour of the Responses API"
+ERROR_PROMPT = "Please fail loudly now"
+ERROR_MESSAGE = "the model is on fire"
+
+# What the fake server answers, per scenario, in the order the application calls it.
+CHAT_REPLIES = [
+    {"content": "Hi there, suite!", "prompt_tokens": 21, "completion_tokens": 5, "model": RESPONSE_MODEL},
+    {"content": "Hello again, suite.", "prompt_tokens": 33, "completion_tokens": 8, "model": RESPONSE_MODEL},
+    {"content": "Outside any session.", "prompt_tokens": 10, "completion_tokens": 3, "model": RESPONSE_MODEL},
+]
+STREAM_REPLY = {
+    "content": "A fox found a lantern in the snow. It glowed all winter long.",
+    "prompt_tokens": 14,
+    "completion_tokens": 16,
+    "model": RESPONSE_MODEL,
+}
+AGENT_REPLIES = [
+    {
+        "tool_calls": [{"name": "get_weather", "arguments": {"city": CITY}}],
+        "prompt_tokens": 52,
+        "completion_tokens": 17,
+        "model": RESPONSE_MODEL,
+    },
+    {
+        "content": "Pack reef-safe sunscreen: 31°C and sunny in Zanzibar.",
+        "prompt_tokens": 81,
+        "completion_tokens": 14,
+        "model": RESPONSE_MODEL,
+    },
+]
+EMBED_REPLY = {"prompt_tokens": 8}
+CACHED_REPLY = {
+    "content": "The handbook asks for kindness and punctuality.",
+    "prompt_tokens": 2048,
+    "completion_tokens": 300,
+    "cached_tokens": 1024,
+    "reasoning_tokens": 256,
+    "model": REASONING_RESPONSE_MODEL,
+}
+RESPONSES_REPLY = {
+    "content": "Teal, from the responses endpoint.",
+    "prompt_tokens": 9,
+    "completion_tokens": 6,
+}
+ERROR_REPLY = {"status": 500, "error_message": ERROR_MESSAGE}
+REPLIES = [
+    *CHAT_REPLIES,
+    STREAM_REPLY,
+    *AGENT_REPLIES,
+    EMBED_REPLY,
+    CACHED_REPLY,
+    RESPONSES_REPLY,
+    ERROR_REPLY,
+]
+# Text of the application's own that must never reach the file when nothing is to be captured.
+CONTENT_MARKERS = [
+    SYSTEM,
+    CHAT_PROMPT,
+    STREAM_PROMPT,
+    AGENT_PROMPT,
+    CITY,
+    TOOL_RESULT,
+    *EMBED_INPUTS,
+    CACHED_PROMPT,
+    ERROR_PROMPT,
+    *(reply["content"] for reply in CHAT_REPLIES),
+    STREAM_REPLY["content"],
+    AGENT_REPLIES[1]["content"],
+    CACHED_REPLY["content"],
+]
+
+# The application: every scenario in a session of its own; prints one JSON line of what it saw.
 APP = r"""
 import json, os, sys
+
+cfg = json.loads(sys.argv[1])
+if cfg["capture"] is not None:
+    os.environ["OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"] = cfg["capture"]
+
 import openai
+from opentelemetry import trace
+
 from otel_sqlite_exporter import configure, session
 from otel_sqlite_exporter.fake_llm_server import FakeLLMServer, ScriptedReply
 
-cfg = json.loads(sys.argv[1])
-os.environ["OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"] = "SPAN_ONLY"
+p = cfg["prompts"]
 provider = configure(cfg["db"], service_name="integration", instrument=cfg["instrument"])
 again = configure(cfg["other_db"], instrument=cfg["instrument"])
+mode = os.environ.get("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT")
 out = {
     "same_provider": again is provider,
-    "processors": [type(p).__name__ for p in provider._active_span_processor._span_processors],
-    "results": [],
+    "processors": [type(x).__name__ for x in provider._active_span_processor._span_processors],
+    "capture": mode,
+    "sessions": {},
 }
+# Tool arguments and results are opt-in content: on the span only when content goes on spans,
+# as opentelemetry-util-genai's own ToolInvocation decides.
+content_on_spans = (mode or "").upper() in ("SPAN_ONLY", "SPAN_AND_EVENT")
+tracer = trace.get_tracer("integration-app")
+TOOLS = [{
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather for a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}]
 
-def call(client):
+
+def chat(client, user, **kwargs):
+    messages = [{"role": "system", "content": p["system"]}, {"role": "user", "content": user}]
     try:
-        reply = client.chat.completions.create(
-            model=cfg["model"], messages=[{"role": "user", "content": "Say hi"}]
-        )
-        out["results"].append(reply.choices[0].message.content)
+        reply = client.chat.completions.create(model=cfg["model"], messages=messages, **kwargs)
     except openai.APIError as exc:
-        out["results"].append(type(exc).__name__)
+        return type(exc).__name__
+    return reply.choices[0].message.content
+
+
+def run_agent(client):
+    attributes = {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "weather-agent"}
+    with tracer.start_as_current_span("invoke_agent weather-agent", attributes=attributes):
+        messages = [{"role": "system", "content": p["system"]}, {"role": "user", "content": p["agent"]}]
+        first = client.chat.completions.create(model=cfg["model"], messages=messages, tools=TOOLS)
+        call = first.choices[0].message.tool_calls[0]
+        messages.append(first.choices[0].message.model_dump(exclude_none=True))
+        tool_attributes = {
+            "gen_ai.operation.name": "execute_tool",
+            "gen_ai.tool.name": call.function.name,
+            "gen_ai.tool.call.id": call.id,
+            "gen_ai.tool.type": "function",
+        }
+        name = f"execute_tool {call.function.name}"
+        with tracer.start_as_current_span(name, attributes=tool_attributes) as span:
+            if content_on_spans:
+                span.set_attribute("gen_ai.tool.call.arguments", call.function.arguments)
+            result = p["tool_result"]
+            if content_on_spans:
+                span.set_attribute("gen_ai.tool.call.result", result)
+        messages.append({"role": "tool", "tool_call_id": call.id, "content": result})
+        final = client.chat.completions.create(model=cfg["model"], messages=messages, tools=TOOLS)
+        return {"tool_call": [call.id, call.function.name, call.function.arguments],
+                "answer": final.choices[0].message.content}
+
 
 with FakeLLMServer([ScriptedReply(**r) for r in cfg["replies"]]) as server:
     client = openai.OpenAI(base_url=server.openai_base_url, api_key="sk-test", max_retries=0)
-    with session(task="integration task", user_id="alice") as s:
-        out["session_id"] = s.session_id
-        for _ in range(cfg["calls_in_session"]):
-            call(client)
-    for _ in range(cfg["calls_outside"]):
-        call(client)
+
+    with session(task="chat", user_id="alice") as s:
+        out["sessions"]["chat"] = s.session_id
+        out["chat"] = [chat(client, p["chat"]), chat(client, p["chat"])]
+    out["chat"].append(chat(client, p["chat"]))  # outside any session
+
+    with session(task="stream", user_id="alice") as s:
+        out["sessions"]["stream"] = s.session_id
+        stream = client.chat.completions.create(
+            model=cfg["model"],
+            messages=[{"role": "user", "content": p["stream"]}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        text, usage, chunks = [], None, 0
+        for chunk in stream:
+            chunks += 1
+            if chunk.choices and chunk.choices[0].delta.content:
+                text.append(chunk.choices[0].delta.content)
+            if chunk.usage is not None:
+                usage = [chunk.usage.prompt_tokens, chunk.usage.completion_tokens]
+        out["stream"] = {"text": "".join(text), "usage": usage, "chunks": chunks}
+
+    with session(task="weather agent", user_id="alice") as s:
+        out["sessions"]["agent"] = s.session_id
+        out["agent"] = run_agent(client)
+
+    with session(task="embeddings", user_id="alice") as s:
+        out["sessions"]["embeddings"] = s.session_id
+        reply = client.embeddings.create(model=cfg["embedding_model"], input=p["embed"])
+        out["embeddings"] = {"vectors": len(reply.data), "prompt_tokens": reply.usage.prompt_tokens}
+
+    with session(task="cached", user_id="alice") as s:
+        out["sessions"]["cached"] = s.session_id
+        reply = client.chat.completions.create(
+            model=cfg["reasoning_model"], messages=[{"role": "user", "content": p["cached"]}]
+        )
+        out["cached"] = {
+            "prompt_tokens": reply.usage.prompt_tokens,
+            "completion_tokens": reply.usage.completion_tokens,
+            "cached_tokens": reply.usage.prompt_tokens_details.cached_tokens,
+            "reasoning_tokens": reply.usage.completion_tokens_details.reasoning_tokens,
+        }
+
+    with session(task="responses", user_id="alice") as s:
+        out["sessions"]["responses"] = s.session_id
+        out["responses"] = client.responses.create(model=cfg["model"], input=p["responses"]).output_text
+
+    with session(task="error", user_id="alice") as s:
+        out["sessions"]["error"] = s.session_id
+        out["error"] = chat(client, p["error"])
+
 provider.shutdown()
+# What a reader of the file sees once shutdown() has returned, in this process (not at exit).
+import sqlite3
+with sqlite3.connect(cfg["db"]) as conn:
+    out["texts_after_shutdown"] = conn.execute(
+        "SELECT count(*) FROM spans WHERE type = 'llm' AND input_text IS NOT NULL"
+    ).fetchone()[0]
 print(json.dumps(out))
 """
 
+PROMPTS = {
+    "system": SYSTEM,
+    "chat": CHAT_PROMPT,
+    "stream": STREAM_PROMPT,
+    "agent": AGENT_PROMPT,
+    "tool_result": TOOL_RESULT,
+    "embed": EMBED_INPUTS,
+    "cached": CACHED_PROMPT,
+    "responses": RESPONSES_PROMPT,
+    "error": ERROR_PROMPT,
+}
 
-Result = tuple[dict[str, Any], sqlite3.Connection]
 
-
-def run_scenario(
-    tmp_path: Path,
-    replies: list[dict[str, Any]],
-    *,
-    instrument: bool | list[str] = True,
-    calls_in_session: int = 1,
-    calls_outside: int = 0,
-) -> Result:
-    """Run APP in a fresh interpreter; returns what the app printed and a connection to its file."""
-    db = tmp_path / "traces.db"
-    cfg = {
-        "db": str(db),
-        "other_db": str(tmp_path / "other.db"),
-        "instrument": instrument,
-        "model": REQUEST_MODEL,
-        "replies": replies,
-        "calls_in_session": calls_in_session,
-        "calls_outside": calls_outside,
-    }
-    # A clean OTel environment: the scenario decides what is captured and instrumented.
+def clean_env() -> dict[str, str]:
+    """The environment without OTEL_ settings: each run decides what is captured and instrumented.
+    The anthropic instrumentation is skipped: importing anthropic would double each run's start-up."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env["OTEL_PYTHON_DISABLED_INSTRUMENTATIONS"] = "anthropic"
+    return env
+
+
+@dataclass
+class Run:
+    """One finished run of APP: what the application saw, and its trace file."""
+
+    out: dict[str, Any]
+    db: Path
+    conn: sqlite3.Connection
+
+    def spans(self, scenario: str, type_: str | None = None) -> list[sqlite3.Row]:
+        sql = "SELECT * FROM spans WHERE session_id = ?" + (" AND type = ?" if type_ else "")
+        params = (self.out["sessions"][scenario], *((type_,) if type_ else ()))
+        return self.conn.execute(sql + " ORDER BY start_time_unix_nano", params).fetchall()
+
+    def session(self, scenario: str) -> sqlite3.Row:
+        return self.conn.execute(
+            "SELECT * FROM sessions WHERE session_id = ?", (self.out["sessions"][scenario],)
+        ).fetchone()
+
+    def llm_spans(self) -> list[sqlite3.Row]:
+        return self.conn.execute(
+            "SELECT * FROM spans WHERE type = 'llm' ORDER BY start_time_unix_nano"
+        ).fetchall()
+
+
+class PendingRun:
+    """A run of APP started in the background; ``result()`` waits for it."""
+
+    def __init__(self, tmp: Path, capture: str | None, instrument: bool | list[str] = True) -> None:
+        self.db = tmp / "traces.db"
+        cfg = {
+            "db": str(self.db),
+            "other_db": str(tmp / "other.db"),
+            "capture": capture,
+            "instrument": instrument,
+            "model": REQUEST_MODEL,
+            "embedding_model": EMBEDDING_MODEL,
+            "reasoning_model": REASONING_MODEL,
+            "replies": REPLIES,
+            "prompts": PROMPTS,
+        }
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", APP, json.dumps(cfg)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=clean_env(),
+            cwd=tmp,
+        )
+        self._run: Run | None = None
+
+    def result(self) -> Run:
+        if self._run is None:
+            stdout, stderr = self.proc.communicate(timeout=120)
+            assert self.proc.returncode == 0, stderr
+            out = json.loads(stdout.strip().splitlines()[-1])
+            conn = sqlite3.connect(self.db)
+            conn.row_factory = sqlite3.Row
+            self._run = Run(out, self.db, conn)
+        return self._run
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        if self._run is not None:
+            self._run.conn.close()
+
+
+# None: leave the variable unset, so configure() picks its default (SPAN_ONLY).
+MODES: dict[str, str | None] = {
+    "default": None,
+    "NO_CONTENT": "NO_CONTENT",
+    "EVENT_ONLY": "EVENT_ONLY",
+    "SPAN_AND_EVENT": "SPAN_AND_EVENT",
+}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, PendingRun]]:
+    pending = {
+        name: PendingRun(tmp_path_factory.mktemp(name.lower()), capture) for name, capture in MODES.items()
+    }
+    yield pending
+    for run in pending.values():
+        run.close()
+
+
+@pytest.fixture(scope="module")
+def main(runs: dict[str, PendingRun]) -> Run:
+    """configure() with no content setting of the user's: content goes on the spans (SPAN_ONLY)."""
+    return runs["default"].result()
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+
+def attrs(span: sqlite3.Row) -> dict[str, Any]:
+    return json.loads(span["attributes"] or "{}")
+
+
+def events(span: sqlite3.Row) -> list[dict[str, Any]]:
+    return json.loads(span["events"] or "[]")
+
+
+def cost(model: str, tokens_in: int, tokens_out: int | None = None) -> float:
+    value = PriceTable().cost(model, input_tokens=tokens_in, output_tokens=tokens_out)
+    assert value is not None, f"no price for {model}"
+    return value
+
+
+def has_table(conn: sqlite3.Connection, name: str) -> bool:
+    row = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone()
+    return row is not None
+
+
+def tool_call_arguments(output_text: str) -> Any:
+    """The arguments of the one ``assistant: [tool call] get_weather(...)`` line, parsed."""
+    prefix = "assistant: [tool call] get_weather("
+    (line,) = [line for line in output_text.splitlines() if line.startswith(prefix)]
+    assert line.endswith(")"), line
+    return json.loads(line[len(prefix) : -1])
+
+
+# -- 1. chat completions ---------------------------------------------------------------------------
+
+
+def test_chat_span_has_model_provider_tokens_cost_duration(main: Run) -> None:
+    assert main.out["chat"] == [reply["content"] for reply in CHAT_REPLIES]
+    chat_spans = main.spans("chat") + [
+        span for span in main.llm_spans() if span["session_id"] not in main.out["sessions"].values()
+    ]
+    assert len(chat_spans) == 3
+    for span, reply in zip(chat_spans, CHAT_REPLIES, strict=True):
+        assert span["name"] == f"chat {REQUEST_MODEL}"
+        assert span["type"] == "llm"
+        assert span["operation"] == "chat"
+        assert span["model"] == RESPONSE_MODEL
+        assert span["provider"] == "openai"
+        assert span["kind"] == "client"
+        assert span["status_code"] == "UNSET"
+        assert span["scope_name"] == HANDLER_SCOPE
+        assert (span["input_tokens"], span["output_tokens"]) == (
+            reply["prompt_tokens"],
+            reply["completion_tokens"],
+        )
+        assert span["cache_read_tokens"] is None and span["reasoning_tokens"] is None
+        assert span["cost_usd"] == pytest.approx(
+            cost(RESPONSE_MODEL, reply["prompt_tokens"], reply["completion_tokens"]), rel=1e-9
+        )
+        assert span["end_time_unix_nano"] > span["start_time_unix_nano"]
+        assert span["duration_ms"] == pytest.approx(
+            (span["end_time_unix_nano"] - span["start_time_unix_nano"]) / 1e6
+        )
+        assert span["duration_ms"] > 0
+        assert attrs(span)["gen_ai.request.model"] == REQUEST_MODEL
+        # Content on the span: configure() asked for SPAN_ONLY when the user set nothing.
+        assert span["input_text"] == f"system: {SYSTEM}\nuser: {CHAT_PROMPT}"
+        assert span["output_text"] == f"assistant: {reply['content']}"
+
+
+def test_chat_calls_inside_session_belong_to_it(main: Run) -> None:
+    assert main.out["capture"] == "SPAN_ONLY"
+    inside = main.spans("chat")
+    assert len(inside) == 2
+    assert all(attrs(span)["user.id"] == "alice" for span in inside)
+    row = main.session("chat")
+    assert row["task"] == "chat"
+    assert row["user_id"] == "alice"
+    assert row["status"] == "completed"
+    assert row["service_name"] == "integration"
+    assert row["span_count"] == 2
+    assert row["error_count"] == 0
+    first, second = CHAT_REPLIES[:2]
+    assert (row["input_tokens"], row["output_tokens"]) == (
+        first["prompt_tokens"] + second["prompt_tokens"],
+        first["completion_tokens"] + second["completion_tokens"],
+    )
+    assert row["cost_usd"] == pytest.approx(sum(span["cost_usd"] for span in inside), rel=1e-9)
+    # Outside any session() the trace becomes its own session.
+    (outside,) = [
+        span for span in main.llm_spans() if span["session_id"] not in main.out["sessions"].values()
+    ]
+    assert outside["session_id"] == outside["trace_id"]
+    assert outside["input_tokens"] == CHAT_REPLIES[2]["prompt_tokens"]
+
+
+def test_configure_twice_same_provider_one_processor(main: Run) -> None:
+    assert main.out["same_provider"] is True
+    assert main.out["processors"].count("SQLiteSpanProcessor") == 1
+    # Every span row exactly once (3 chat, 1 stream, 4 agent, 1 embeddings, 1 cached, 1 error),
+    # and the rollups count each span once.
+    assert main.conn.execute("SELECT count(*) FROM spans").fetchone()[0] == 11
+    assert main.conn.execute("SELECT sum(span_count) FROM sessions").fetchone()[0] == 11
+
+
+def test_second_configure_with_other_path_writes_nothing_there(main: Run) -> None:
+    assert not (main.db.parent / "other.db").exists()
+
+
+def test_one_instrumentor_per_client_openai_v2_by_default(main: Run) -> None:
+    # Meaningful only when the competing instrumentations are installed too.
+    pytest.importorskip("opentelemetry.instrumentation.openai")
+    pytest.importorskip("openinference.instrumentation.openai")
+    scopes = {
+        row[0] for row in main.conn.execute("SELECT DISTINCT scope_name FROM spans WHERE type != 'agent'")
+    }
+    # Not OpenLLMetry (opentelemetry.instrumentation.openai.v1) nor OpenInference: one span per call.
+    assert scopes == {HANDLER_SCOPE, EMBEDDINGS_SCOPE, "integration-app"}
+    for span in main.llm_spans():
+        assert "openinference.span.kind" not in attrs(span)
+
+
+# -- 2. streaming ----------------------------------------------------------------------------------
+
+
+def test_stream_is_one_span_with_whole_text_and_reported_usage(main: Run) -> None:
+    seen = main.out["stream"]
+    # What the application received: the scripted text, in several chunks, and the usage chunk.
+    assert seen["text"] == STREAM_REPLY["content"]
+    assert seen["chunks"] > 2
+    assert seen["usage"] == [STREAM_REPLY["prompt_tokens"], STREAM_REPLY["completion_tokens"]]
+    (span,) = main.spans("stream")
+    assert span["type"] == "llm"
+    assert span["name"] == f"chat {REQUEST_MODEL}"
+    assert span["model"] == RESPONSE_MODEL
+    assert (span["input_tokens"], span["output_tokens"]) == tuple(seen["usage"])
+    assert span["cost_usd"] == pytest.approx(cost(RESPONSE_MODEL, *seen["usage"]), rel=1e-9)
+    assert span["input_text"] == f"user: {STREAM_PROMPT}"
+    assert span["output_text"] == f"assistant: {STREAM_REPLY['content']}"
+    # No per-chunk span events: the stream is one span, its text consolidated.
+    assert events(span) == []
+    row = main.session("stream")
+    assert (row["span_count"], row["input_tokens"], row["output_tokens"]) == (1, *seen["usage"])
+
+
+# -- 3. a tool-calling agent -----------------------------------------------------------------------
+
+
+def agent_spans(run: Run) -> tuple[sqlite3.Row, sqlite3.Row, sqlite3.Row, sqlite3.Row]:
+    spans = run.spans("agent")
+    assert [span["type"] for span in spans] == ["agent", "llm", "tool", "llm"], [dict(s) for s in spans]
+    agent, first, tool, second = spans
+    return agent, first, tool, second
+
+
+def test_agent_tree_types_and_structure(main: Run) -> None:
+    agent, first, tool, second = agent_spans(main)
+    assert agent["name"] == "invoke_agent weather-agent"
+    assert agent["parent_span_id"] is None and agent["is_root"] == 1
+    assert agent["operation"] == "invoke_agent"
+    for child in (first, tool, second):
+        assert child["parent_span_id"] == agent["span_id"]
+        assert child["trace_id"] == agent["trace_id"]
+        assert child["end_time_unix_nano"] is not None
+    # The steps ran in order, inside the agent span.
+    assert agent["start_time_unix_nano"] <= first["start_time_unix_nano"]
+    assert first["end_time_unix_nano"] <= tool["start_time_unix_nano"]
+    assert tool["end_time_unix_nano"] <= second["start_time_unix_nano"]
+    assert second["end_time_unix_nano"] <= agent["end_time_unix_nano"]
+    assert (agent["input_tokens"], agent["cost_usd"]) == (None, None)
+
+
+def test_agent_tool_span_follows_genai_conventions(main: Run) -> None:
+    _, _, tool, _ = agent_spans(main)
+    call_id, name, arguments = main.out["agent"]["tool_call"]
+    assert (call_id, name, json.loads(arguments)) == ("call_1", "get_weather", {"city": CITY})
+    assert tool["name"] == "execute_tool get_weather"
+    assert tool["operation"] == "execute_tool"
+    assert tool["kind"] == "internal"
+    tool_attrs = attrs(tool)
+    assert tool_attrs["gen_ai.tool.name"] == "get_weather"
+    assert tool_attrs["gen_ai.tool.call.id"] == call_id
+    assert json.loads(tool_attrs["gen_ai.tool.call.arguments"]) == {"city": CITY}
+    assert tool_attrs["gen_ai.tool.call.result"] == TOOL_RESULT
+    assert json.loads(tool["input_text"]) == {"city": CITY}
+    assert tool["output_text"] == TOOL_RESULT
+    assert (tool["model"], tool["input_tokens"], tool["cost_usd"]) == (None, None, None)
+
+
+def test_agent_llm_spans_carry_the_tool_call_and_result(main: Run) -> None:
+    _, first, _, second = agent_spans(main)
+    assert main.out["agent"]["answer"] == AGENT_REPLIES[1]["content"]
+    for span, reply in zip((first, second), AGENT_REPLIES, strict=True):
+        assert span["model"] == RESPONSE_MODEL
+        assert (span["input_tokens"], span["output_tokens"]) == (
+            reply["prompt_tokens"],
+            reply["completion_tokens"],
+        )
+    assert first["input_text"] == f"system: {SYSTEM}\nuser: {AGENT_PROMPT}"
+    assert tool_call_arguments(first["output_text"]) == {"city": CITY}
+    assert attrs(first)["gen_ai.response.finish_reasons"] == ["tool_calls"]
+    # The second call sends the whole conversation back, the tool result included.
+    lines = second["input_text"].splitlines()
+    assert lines[:2] == [f"system: {SYSTEM}", f"user: {AGENT_PROMPT}"]
+    assert tool_call_arguments(lines[2]) == {"city": CITY}
+    assert lines[3] == f"tool: [tool result] {TOOL_RESULT}"
+    assert second["output_text"] == f"assistant: {AGENT_REPLIES[1]['content']}"
+
+
+def test_agent_session_totals_are_the_two_calls(main: Run) -> None:
+    _, first, _, second = agent_spans(main)
+    row = main.session("agent")
+    assert row["task"] == "weather agent"
+    assert row["status"] == "completed"
+    assert row["span_count"] == 4
+    assert row["input_tokens"] == sum(reply["prompt_tokens"] for reply in AGENT_REPLIES)
+    assert row["output_tokens"] == sum(reply["completion_tokens"] for reply in AGENT_REPLIES)
+    expected = sum(cost(RESPONSE_MODEL, r["prompt_tokens"], r["completion_tokens"]) for r in AGENT_REPLIES)
+    assert row["cost_usd"] == pytest.approx(expected, rel=1e-9)
+    assert first["cost_usd"] + second["cost_usd"] == pytest.approx(expected, rel=1e-9)
+    trace = main.conn.execute("SELECT * FROM traces WHERE trace_id = ?", (first["trace_id"],)).fetchone()
+    assert trace["root_span_name"] == "invoke_agent weather-agent"
+    assert (trace["input_tokens"], trace["output_tokens"]) == (row["input_tokens"], row["output_tokens"])
+
+
+# -- 4. embeddings ---------------------------------------------------------------------------------
+
+
+def test_embeddings_span(main: Run) -> None:
+    assert main.out["embeddings"] == {
+        "vectors": len(EMBED_INPUTS),
+        "prompt_tokens": EMBED_REPLY["prompt_tokens"],
+    }
+    (span,) = main.spans("embeddings")
+    assert span["name"] == f"embeddings {EMBEDDING_MODEL}"
+    assert span["type"] == "embedding"
+    assert span["operation"] == "embeddings"
+    assert span["scope_name"] == EMBEDDINGS_SCOPE
+    assert (span["model"], span["provider"]) == (EMBEDDING_MODEL, "openai")
+    assert (span["input_tokens"], span["output_tokens"]) == (EMBED_REPLY["prompt_tokens"], None)
+    assert PriceTable().lookup(EMBEDDING_MODEL) is not None
+    assert span["cost_usd"] == pytest.approx(cost(EMBEDDING_MODEL, EMBED_REPLY["prompt_tokens"]), rel=1e-9)
+    assert attrs(span)["gen_ai.embeddings.dimension.count"] == 8
+    # openai-v2 2.4 records no embedding input, in any content mode.
+    assert span["input_text"] is None and span["output_text"] is None
+    row = main.session("embeddings")
+    assert (row["input_tokens"], row["cost_usd"]) == (
+        EMBED_REPLY["prompt_tokens"],
+        pytest.approx(span["cost_usd"]),
+    )
+
+
+# -- 5. an API error -------------------------------------------------------------------------------
+
+
+def test_api_error_is_recorded_and_reaches_the_app(main: Run) -> None:
+    # Tracing does not swallow the exception: the application saw openai's own class.
+    assert main.out["error"] == "InternalServerError"
+    (span,) = main.spans("error")
+    assert span["type"] == "llm"
+    assert span["status_code"] == "ERROR"
+    assert ERROR_MESSAGE in span["status_message"]
+    assert span["end_time_unix_nano"] is not None
+    assert (span["input_tokens"], span["output_tokens"], span["cost_usd"]) == (None, None, None)
+    # openai-v2 2.4b0 passes the exception class where a string belongs (error.type is then
+    # "<class 'openai.InternalServerError'>"; the conventions want "openai.InternalServerError").
+    assert "openai.InternalServerError" in attrs(span)["error.type"]
+    assert span["input_text"] == f"system: {SYSTEM}\nuser: {ERROR_PROMPT}"
+    assert span["output_text"] is None
+    row = main.session("error")
+    assert row["error_count"] == 1
+    # The errored LLM span is the root of its trace: the session is failed.
+    assert row["status"] == "failed"
+
+
+# -- 7. cached and reasoning tokens, the Responses API ---------------------------------------------
+
+
+def test_cached_and_reasoning_tokens_are_not_reported(main: Run) -> None:
+    # The response carried them...
+    assert main.out["cached"] == {
+        key: CACHED_REPLY[key]
+        for key in ("prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens")
+    }
+    (span,) = main.spans("cached")
+    # ...openai-v2 2.4b0 drops them for chat completions: no usage detail attribute at all.
+    assert not [key for key in attrs(span) if "cache" in key or "reasoning" in key]
+    assert (span["cache_read_tokens"], span["cache_write_tokens"], span["reasoning_tokens"]) == (
+        None,
+        None,
+        None,
+    )
+    assert (span["input_tokens"], span["output_tokens"]) == (
+        CACHED_REPLY["prompt_tokens"],
+        CACHED_REPLY["completion_tokens"],
+    )
+    # So the cost bills every prompt token at the full input price (an overestimate here).
+    full = cost(REASONING_RESPONSE_MODEL, CACHED_REPLY["prompt_tokens"], CACHED_REPLY["completion_tokens"])
+    assert span["cost_usd"] == pytest.approx(full, rel=1e-9)
+    with_cache = PriceTable().cost(
+        REASONING_RESPONSE_MODEL,
+        input_tokens=CACHED_REPLY["prompt_tokens"],
+        output_tokens=CACHED_REPLY["completion_tokens"],
+        cache_read_tokens=CACHED_REPLY["cached_tokens"],
+        reasoning_tokens=CACHED_REPLY["reasoning_tokens"],
+    )
+    assert with_cache is not None and with_cache < full
+
+
+def test_responses_api_is_not_traced(main: Run) -> None:
+    # openai-v2 2.4b0 wraps chat completions and embeddings only.
+    assert main.out["responses"] == RESPONSES_REPLY["content"]
+    assert main.spans("responses") == []
+    assert main.session("responses")["span_count"] == 0
+
+
+# -- 6. content capture modes ----------------------------------------------------------------------
+
+
+def whole_file_text(conn: sqlite3.Connection) -> str:
+    return "\n".join(conn.iterdump())
+
+
+def test_span_only_puts_messages_on_spans_only(main: Run) -> None:
+    for span in main.llm_spans():
+        span_attrs = attrs(span)
+        assert isinstance(span_attrs["gen_ai.input.messages"], str)  # a JSON string, per the conventions
+        assert span["input_text"]
+        assert DETAILS_EVENT not in [event["name"] for event in events(span)]
+    if has_table(main.conn, "logs"):
+        assert main.conn.execute("SELECT count(*) FROM logs").fetchone()[0] == 0
+
+
+def test_no_content_stores_no_prompt_anywhere(runs: dict[str, PendingRun]) -> None:
+    run = runs["NO_CONTENT"].result()
+    assert run.out["capture"] == "NO_CONTENT"
+    # The calls are traced all the same: types, models and tokens.
+    assert [span["type"] for span in run.spans("agent")] == ["agent", "llm", "tool", "llm"]
+    assert [span["input_tokens"] for span in run.spans("agent", "llm")] == [
+        r["prompt_tokens"] for r in AGENT_REPLIES
+    ]
+    for span in run.llm_spans():
+        assert span["input_text"] is None and span["output_text"] is None
+        assert not set(MESSAGE_KEYS) & set(attrs(span))
+        assert DETAILS_EVENT not in [event["name"] for event in events(span)]
+    # Nowhere in the file: no table, no column, no attribute or event JSON, no log record.
+    dump = whole_file_text(run.conn)
+    assert [marker for marker in CONTENT_MARKERS if marker in dump] == []
+    if has_table(run.conn, "logs"):
+        assert run.conn.execute("SELECT count(*) FROM logs").fetchone()[0] == 0
+
+
+def check_event_content(run: Run, *, on_spans: bool) -> None:
+    """Every chat span has its messages in input_text/output_text (from the log record) and the
+    details event in its events, whatever else the mode puts on the span."""
+    chat_spans = [span for span in run.llm_spans() if span["session_id"] != run.out["sessions"]["error"]]
+    assert len(chat_spans) == 7
+    for span in chat_spans:
+        span_attrs = attrs(span)
+        details = [event for event in events(span) if event["name"] == DETAILS_EVENT]
+        assert len(details) == 1, (span["name"], events(span))
+        # The event is this call's: same response id, same usage.
+        assert details[0]["attributes"]["gen_ai.response.id"] == span_attrs["gen_ai.response.id"]
+        assert details[0]["attributes"]["gen_ai.usage.input_tokens"] == span["input_tokens"]
+        if on_spans:
+            assert isinstance(span_attrs["gen_ai.input.messages"], str)
+            assert isinstance(span_attrs["gen_ai.output.messages"], str)
+        else:
+            assert not set(MESSAGE_KEYS) & set(span_attrs), span_attrs
+
+    (stream,) = run.spans("stream")
+    assert stream["input_text"] == f"user: {STREAM_PROMPT}"
+    assert stream["output_text"] == f"assistant: {STREAM_REPLY['content']}"
+    for span, reply in zip(run.spans("chat"), CHAT_REPLIES, strict=False):
+        assert span["input_text"] == f"system: {SYSTEM}\nuser: {CHAT_PROMPT}"
+        assert span["output_text"] == f"assistant: {reply['content']}"
+    _, first, tool, second = agent_spans(run)
+    assert first["input_text"] == f"system: {SYSTEM}\nuser: {AGENT_PROMPT}"
+    assert tool_call_arguments(first["output_text"]) == {"city": CITY}
+    lines = second["input_text"].splitlines()
+    assert lines[:2] == [f"system: {SYSTEM}", f"user: {AGENT_PROMPT}"]
+    assert tool_call_arguments(lines[2]) == {"city": CITY}
+    assert lines[3] == f"tool: [tool result] {TOOL_RESULT}"
+    assert second["output_text"] == f"assistant: {AGENT_REPLIES[1]['content']}"
+    # Tool arguments and results are on the tool span only when content goes on spans.
+    assert ("gen_ai.tool.call.result" in attrs(tool)) is on_spans
+    # A failed call's record carries its prompt, and no answer.
+    (error,) = run.spans("error")
+    assert error["status_code"] == "ERROR"
+    assert error["input_text"] == f"system: {SYSTEM}\nuser: {ERROR_PROMPT}"
+    assert error["output_text"] is None
+    assert [event["name"] for event in events(error)].count(DETAILS_EVENT) == 1
+    # Nothing said twice: each message once in the text, however many places it arrived from.
+    for span in (first, second):
+        assert span["input_text"].count(AGENT_PROMPT) == 1
+    assert second["output_text"].count(AGENT_REPLIES[1]["content"]) == 1
+    # The details records were attached to their spans, not kept as loose log records.
+    if has_table(run.conn, "logs"):
+        loose = run.conn.execute(
+            "SELECT count(*) FROM logs WHERE event_name = ?", (DETAILS_EVENT,)
+        ).fetchone()[0]
+        assert loose == 0
+    # Usage still comes from the spans and is counted once.
+    row = run.session("agent")
+    assert row["input_tokens"] == sum(reply["prompt_tokens"] for reply in AGENT_REPLIES)
+
+
+def test_event_only_messages_reach_the_span_from_log_records(runs: dict[str, PendingRun]) -> None:
+    run = runs["EVENT_ONLY"].result()
+    assert run.out["capture"] == "EVENT_ONLY"
+    check_event_content(run, on_spans=False)
+
+
+def test_event_only_content_is_in_the_file_when_shutdown_returns(runs: dict[str, PendingRun]) -> None:
+    # provider.shutdown() is how an application flushes before it reads the file (or exits):
+    # the messages sent as log records must be there by then too, not only once the interpreter exits.
+    run = runs["EVENT_ONLY"].result()
+    spans = run.llm_spans()
+    assert len(spans) == 8 and all(span["input_text"] for span in spans)
+    assert run.out["texts_after_shutdown"] == len(spans)
+
+
+def test_span_and_event_does_not_duplicate_text(runs: dict[str, PendingRun]) -> None:
+    run = runs["SPAN_AND_EVENT"].result()
+    assert run.out["capture"] == "SPAN_AND_EVENT"
+    check_event_content(run, on_spans=True)
+
+
+# -- 6b. the same through opentelemetry-instrument and the sqlite exporters ------------------------
+
+PLUGIN_APP = r"""
+import json, sys
+import openai
+from opentelemetry import trace
+from otel_sqlite_exporter.fake_llm_server import FakeLLMServer, ScriptedReply
+
+cfg = json.loads(sys.argv[1])
+tracer = trace.get_tracer("plugin-app")
+with FakeLLMServer([ScriptedReply(**r) for r in cfg["replies"]]) as server:
+    client = openai.OpenAI(base_url=server.openai_base_url, api_key="sk-test", max_retries=0)
+    agent = {"gen_ai.operation.name": "invoke_agent"}
+    with tracer.start_as_current_span("invoke_agent plugin-agent", attributes=agent):
+        system = {"role": "system", "content": cfg["system"]}
+        user = {"role": "user", "content": cfg["prompt"]}
+        reply = client.chat.completions.create(model=cfg["model"], messages=[system, user])
+        stream = client.chat.completions.create(
+            model=cfg["model"],
+            messages=[{"role": "user", "content": cfg["stream_prompt"]}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+print(json.dumps({"answer": reply.choices[0].message.content, "stream": text}))
+"""
+
+
+def test_opentelemetry_instrument_with_sqlite_exporters_event_only(tmp_path: Path) -> None:
+    instrument = Path(sys.executable).parent / "opentelemetry-instrument"
+    if not instrument.exists():
+        found = shutil.which("opentelemetry-instrument")
+        if found is None:
+            pytest.skip("opentelemetry-instrument is not installed (opentelemetry-instrumentation)")
+        instrument = Path(found)
+    if importlib.util.find_spec("opentelemetry.distro") is None:
+        pytest.skip("opentelemetry-distro is not installed")
+    assert "sqlite" in {ep.name for ep in entry_points(group="opentelemetry_logs_exporter")}, (
+        "no 'sqlite' entry point in opentelemetry_logs_exporter: is the package installed (pip install -e .)?"
+    )
+    db = tmp_path / "plugin.db"
+    (tmp_path / "app.py").write_text(PLUGIN_APP)
+    replies = [
+        {
+            "content": "Hello from the plugin.",
+            "prompt_tokens": 19,
+            "completion_tokens": 6,
+            "model": RESPONSE_MODEL,
+        },
+        {"content": "Streamed through the plugin.", "prompt_tokens": 7, "completion_tokens": 5},
+    ]
+    cfg = {
+        "replies": replies,
+        "model": REQUEST_MODEL,
+        "system": SYSTEM,
+        "prompt": CHAT_PROMPT,
+        "stream_prompt": STREAM_PROMPT,
+    }
+    env = {
+        **clean_env(),
+        "OTEL_TRACES_EXPORTER": "sqlite",
+        "OTEL_LOGS_EXPORTER": "sqlite",
+        "OTEL_METRICS_EXPORTER": "none",
+        "OTEL_EXPORTER_SQLITE_PATH": str(db),
+        "OTEL_SERVICE_NAME": "plugin-app",
+        CAPTURE_ENV: "EVENT_ONLY",
+    }
     proc = subprocess.run(
-        [sys.executable, "-c", APP, json.dumps(cfg)],
+        [str(instrument), sys.executable, "app.py", json.dumps(cfg)],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=120,
         env=env,
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out == {"answer": replies[0]["content"], "stream": replies[1]["content"]}
+    assert db.exists(), proc.stderr
     conn = sqlite3.connect(db)
     conn.row_factory = sqlite3.Row
-    return out, conn
-
-
-def llm_spans(conn: sqlite3.Connection) -> list[sqlite3.Row]:
-    return conn.execute("SELECT * FROM spans WHERE type = 'llm' ORDER BY start_time_unix_nano").fetchall()
-
-
-@pytest.fixture
-def scenario(tmp_path: Path) -> Iterator[Callable[..., Result]]:
-    connections: list[sqlite3.Connection] = []
-
-    def run(replies: list[dict[str, Any]], **kwargs: Any) -> Result:
-        out, conn = run_scenario(tmp_path, replies, **kwargs)
-        connections.append(conn)
-        return out, conn
-
-    yield run
-    for conn in connections:
+    try:
+        # opentelemetry-instrument activates every installed openai instrumentation (they share the
+        # entry point name "openai"): look at openai-v2's spans.
+        spans = conn.execute(
+            "SELECT * FROM spans WHERE scope_name = ? ORDER BY start_time_unix_nano", (HANDLER_SCOPE,)
+        ).fetchall()
+        assert len(spans) == 2, proc.stderr
+        (agent,) = conn.execute("SELECT * FROM spans WHERE name = 'invoke_agent plugin-agent'").fetchall()
+        for span, reply in zip(spans, replies, strict=True):
+            assert span["trace_id"] == agent["trace_id"]
+            assert span["session_id"] == agent["trace_id"]  # no session(): the trace is the session
+            assert span["type"] == "llm"
+            assert (span["input_tokens"], span["output_tokens"]) == (
+                reply["prompt_tokens"],
+                reply["completion_tokens"],
+            )
+            assert not set(MESSAGE_KEYS) & set(attrs(span))
+            assert [event["name"] for event in events(span)].count(DETAILS_EVENT) == 1
+        chat, stream = spans
+        assert chat["input_text"] == f"system: {SYSTEM}\nuser: {CHAT_PROMPT}"
+        assert chat["output_text"] == f"assistant: {replies[0]['content']}"
+        assert stream["input_text"] == f"user: {STREAM_PROMPT}"
+        assert stream["output_text"] == f"assistant: {replies[1]['content']}"
+        (service,) = {row[0] for row in conn.execute("SELECT service_name FROM sessions")}
+        assert service == "plugin-app"
+        if has_table(conn, "logs"):
+            loose = conn.execute(
+                "SELECT count(*) FROM logs WHERE event_name = ?", (DETAILS_EVENT,)
+            ).fetchone()[0]
+            assert loose == 0
+    finally:
         conn.close()
 
 
-@pytest.fixture(scope="module")
-def default_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Result]:
-    """Default configure(): two calls inside a session, one outside."""
-    replies = [
-        {"content": "Hi there!", "prompt_tokens": 21, "completion_tokens": 5, "model": RESPONSE_MODEL},
-        {"content": "Hello again.", "prompt_tokens": 33, "completion_tokens": 8, "model": RESPONSE_MODEL},
-        {"content": "Outside.", "prompt_tokens": 10, "completion_tokens": 3, "model": RESPONSE_MODEL},
-    ]
-    out, conn = run_scenario(tmp_path_factory.mktemp("default"), replies, calls_in_session=2, calls_outside=1)
-    yield out, conn
-    conn.close()
+# -- configure()'s choice of instrumentation -------------------------------------------------------
 
 
-def test_llm_span_has_model_provider_tokens_cost_duration(default_run: Result) -> None:
-    out, conn = default_run
-    assert out["results"] == ["Hi there!", "Hello again.", "Outside."]
-    spans = llm_spans(conn)
-    assert len(spans) == 3
-    price = PriceTable().lookup(RESPONSE_MODEL)
-    assert price is not None
-    for span, (tokens_in, tokens_out) in zip(spans, [(21, 5), (33, 8), (10, 3)], strict=True):
+def run_single(tmp_path: Path, instrument: bool | list[str]) -> tuple[dict[str, Any], list[sqlite3.Row]]:
+    pending = PendingRun(tmp_path, "SPAN_ONLY", instrument)
+    try:
+        run = pending.result()
+        return run.out, run.conn.execute(
+            "SELECT * FROM spans WHERE session_id = ?", (run.out["sessions"]["chat"],)
+        ).fetchall()
+    finally:
+        pending.close()
+
+
+def test_instrument_list_prefers_openinference(tmp_path: Path) -> None:
+    pytest.importorskip("openinference.instrumentation.openai")
+    out, spans = run_single(tmp_path, ["openinference-instrumentation-openai"])
+    assert out["chat"][:2] == [reply["content"] for reply in CHAT_REPLIES[:2]]
+    assert len(spans) == 2, [dict(s) for s in spans]
+    for span, reply in zip(spans, CHAT_REPLIES, strict=False):
+        assert attrs(span)["openinference.span.kind"] == "LLM"
+        assert span["type"] == "llm"
         assert span["model"] == RESPONSE_MODEL
         assert span["provider"] == "openai"
-        assert span["kind"] == "client"
-        assert span["status_code"] != "ERROR"
-        assert (span["input_tokens"], span["output_tokens"]) == (tokens_in, tokens_out)
-        expected = (tokens_in * price.input + tokens_out * price.output) / 1_000_000
-        assert span["cost_usd"] == pytest.approx(expected, rel=1e-6)
-        assert span["end_time_unix_nano"] > span["start_time_unix_nano"]
-        assert span["duration_ms"] > 0
-    # SPAN_ONLY content capture puts the conversation on the span.
-    assert "user: Say hi" in spans[0]["input_text"]
-    assert "Hi there!" in spans[0]["output_text"]
+        assert (span["input_tokens"], span["output_tokens"]) == (
+            reply["prompt_tokens"],
+            reply["completion_tokens"],
+        )
+        assert span["session_id"] == out["sessions"]["chat"]
 
 
-def test_calls_inside_session_belong_to_it(default_run: Result) -> None:
-    out, conn = default_run
-    inside, _, outside = llm_spans(conn)
-    assert inside["session_id"] == out["session_id"]
-    assert json.loads(inside["attributes"])["user.id"] == "alice"
-    row = conn.execute("SELECT * FROM sessions WHERE session_id = ?", (out["session_id"],)).fetchone()
-    assert row["task"] == "integration task"
-    assert row["user_id"] == "alice"
-    assert row["status"] == "completed"
-    assert row["service_name"] == "integration"
-    assert row["span_count"] == 2
-    assert (row["input_tokens"], row["output_tokens"]) == (21 + 33, 5 + 8)
-    # Outside any session() the trace becomes its own session.
-    assert outside["session_id"] == outside["trace_id"]
-
-
-def test_configure_twice_same_provider_one_processor(default_run: Result) -> None:
-    out, conn = default_run
-    assert out["same_provider"] is True
-    assert out["processors"].count("SQLiteSpanProcessor") == 1
-    # Every span row exactly once, and the rollups count each span once.
-    assert conn.execute("SELECT count(*) FROM spans").fetchone()[0] == 3
-    assert conn.execute("SELECT sum(span_count) FROM sessions").fetchone()[0] == 3
-
-
-def test_second_configure_with_other_path_writes_nothing_there(default_run: Result) -> None:
-    _, conn = default_run
-    db_path = Path(conn.execute("PRAGMA database_list").fetchone()["file"])
-    assert not (db_path.parent / "other.db").exists()
-
-
-def test_one_instrumentor_per_client_openai_v2_by_default(default_run: Result) -> None:
-    # Meaningful only when the competing instrumentations are installed too.
-    pytest.importorskip("opentelemetry.instrumentation.openai")
-    pytest.importorskip("openinference.instrumentation.openai")
-    _, conn = default_run
-    # Three calls, three spans: no second or third instrumentation traced the same call.
-    assert conn.execute("SELECT count(*) FROM spans").fetchone()[0] == 3
-    for span in llm_spans(conn):
-        # openai-v2 2.4 emits through the opentelemetry-util-genai handler; earlier versions used their own.
-        assert span["scope_name"] in {
-            "opentelemetry.util.genai.handler",
-            "opentelemetry.instrumentation.openai_v2",
-        }
-        # Not OpenLLMetry (scope opentelemetry.instrumentation.openai.v1) nor OpenInference.
-        assert "openinference.span.kind" not in json.loads(span["attributes"])
-
-
-def test_instrument_list_prefers_openinference(scenario: Callable[..., Result]) -> None:
-    pytest.importorskip("openinference.instrumentation.openai")
-    replies = [{"content": "Hi!", "prompt_tokens": 17, "completion_tokens": 4, "model": RESPONSE_MODEL}]
-    out, conn = scenario(replies, instrument=["openinference-instrumentation-openai"])
-    assert out["results"] == ["Hi!"]
-    spans = conn.execute("SELECT * FROM spans").fetchall()
-    assert len(spans) == 1, [dict(s) for s in spans]
-    (span,) = spans
-    assert json.loads(span["attributes"])["openinference.span.kind"] == "LLM"
-    assert span["type"] == "llm"
-    assert span["model"] == RESPONSE_MODEL
-    assert span["provider"] == "openai"
-    assert (span["input_tokens"], span["output_tokens"]) == (17, 4)
-    assert span["session_id"] == out["session_id"]
-
-
-def test_instrument_false_records_no_llm_span(scenario: Callable[..., Result]) -> None:
-    out, conn = scenario([{"content": "Hi!"}], instrument=False)
-    assert out["results"] == ["Hi!"]
-    assert conn.execute("SELECT count(*) FROM spans").fetchone()[0] == 0
-
-
-def test_api_error_is_recorded_and_reaches_the_app(scenario: Callable[..., Result]) -> None:
-    replies = [{"status": 500, "error_message": "the model is on fire"}]
-    out, conn = scenario(replies)
-    # Tracing does not swallow the exception: the application saw it.
-    assert out["results"] == ["InternalServerError"]
-    (span,) = llm_spans(conn)
-    assert span["status_code"] == "ERROR"
-    assert span["status_message"]
-    assert span["end_time_unix_nano"] is not None
-    assert span["session_id"] == out["session_id"]
-    row = conn.execute("SELECT * FROM sessions WHERE session_id = ?", (out["session_id"],)).fetchone()
-    assert row["error_count"] == 1
-    # The errored LLM span is the session's root span: the session is failed (DESIGN.md, sessions).
-    assert row["status"] == "failed"
+def test_instrument_false_records_no_llm_span(tmp_path: Path) -> None:
+    out, spans = run_single(tmp_path, False)
+    assert out["chat"][:2] == [reply["content"] for reply in CHAT_REPLIES[:2]]
+    assert spans == []
 
 
 def test_genai_instrumentors_picks_openai_v2_for_openai() -> None:
@@ -247,3 +960,110 @@ def test_genai_instrumentors_picks_openai_v2_for_openai() -> None:
     dist = chosen["openai"].dist
     assert dist is not None
     assert dist.name.lower().replace("_", "-") == "opentelemetry-instrumentation-openai-v2"
+
+
+# -- the example -----------------------------------------------------------------------------------
+
+
+def load_example(name: str) -> Any:
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_example(cwd: Path, db: Path) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / "openai_v2.py"), str(db)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,
+        env=clean_env(),
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+@pytest.fixture(scope="module")
+def example_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """``python examples/openai_v2.py example.db``, run once: its folder and what it printed."""
+    folder = tmp_path_factory.mktemp("example")
+    return folder, run_example(folder, folder / "example.db")
+
+
+def test_example_openai_v2(example_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    example = load_example("openai_v2")
+    folder, proc = example_run
+    db = folder / "example.db"
+    assert example.FINAL_ANSWER in proc.stdout  # streamed to the terminal as it arrived
+    for line in (
+        "[agent] invoke_agent packing-assistant",
+        "[embedding] embeddings",
+        "[tool] execute_tool get_weather",
+    ):
+        assert line in proc.stdout, proc.stdout
+    assert not (folder / "traces.db").exists()
+
+    conn = sqlite3.connect(db)
+    conn.row_factory = sqlite3.Row
+    try:
+        (session,) = conn.execute("SELECT * FROM sessions").fetchall()
+        assert (session["task"], session["user_id"], session["status"]) == (
+            example.TASK,
+            "demo-user",
+            "completed",
+        )
+        spans = conn.execute("SELECT * FROM spans ORDER BY start_time_unix_nano").fetchall()
+        assert [span["type"] for span in spans] == ["agent", "embedding", "llm", "tool", "llm"]
+        agent, embedding, first, tool, second = spans
+        assert all(span["parent_span_id"] == agent["span_id"] for span in spans[1:])
+        assert all(span["session_id"] == session["session_id"] for span in spans)
+
+        script = example.SCRIPT
+        assert embedding["input_tokens"] == script[0].prompt_tokens
+        assert [(s["input_tokens"], s["output_tokens"]) for s in (first, second)] == [
+            (reply.prompt_tokens, reply.completion_tokens) for reply in script[1:]
+        ]
+        assert session["input_tokens"] == sum(reply.prompt_tokens for reply in script)
+        assert session["output_tokens"] == sum(reply.completion_tokens for reply in script[1:])
+        expected = cost(embedding["model"], script[0].prompt_tokens) + sum(
+            cost(s["model"], s["input_tokens"], s["output_tokens"]) for s in (first, second)
+        )
+        assert session["cost_usd"] == pytest.approx(expected, rel=1e-9)
+        # SPAN_ONLY (configure()'s default): the conversation, the tool call and the streamed answer.
+        assert f"user: {example.TASK}" in first["input_text"]
+        assert tool_call_arguments(first["output_text"]) == script[1].tool_calls[0]["arguments"]
+        assert attrs(tool)["gen_ai.tool.name"] == "get_weather"
+        assert json.loads(tool["input_text"]) == script[1].tool_calls[0]["arguments"]
+        assert f"tool: [tool result] {tool['output_text']}" in second["input_text"]
+        assert second["output_text"] == f"assistant: {example.FINAL_ANSWER}"
+    finally:
+        conn.close()
+
+
+def test_example_run_again_into_the_same_file_counts_its_own_usage(
+    example_run: tuple[Path, subprocess.CompletedProcess[str]], tmp_path: Path
+) -> None:
+    # Each run of the example starts its own fake server, whose response ids (chatcmpl-fake-1, ...)
+    # are the same every time; a second session in the same file is still a different model call.
+    folder, _ = example_run
+    db = tmp_path / "twice.db"
+    source = sqlite3.connect(folder / "example.db")
+    try:
+        with sqlite3.connect(db) as copy:
+            source.backup(copy)
+    finally:
+        source.close()
+    copy.close()
+    run_example(tmp_path, db)
+    conn = sqlite3.connect(db)
+    try:
+        rows = conn.execute(
+            "SELECT input_tokens, output_tokens, cost_usd FROM sessions ORDER BY start_time_unix_nano"
+        ).fetchall()
+    finally:
+        conn.close()
+    assert len(rows) == 2
+    assert rows[0] == rows[1]

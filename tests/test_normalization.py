@@ -378,29 +378,30 @@ def test_trace_without_session_is_its_own_session(db: TraceFile) -> None:
     )
 
 
-# Text sources in DESIGN.md order; dropping the first ``i`` leaves source ``i`` as the winner.
+# Text sources, best first (messages before whole payloads); dropping the first ``i`` leaves
+# source ``i`` as the winner.
 INPUT_SOURCES: list[tuple[dict[str, Any], list[Event], str]] = [
     ({"gen_ai.input.messages": genai_messages("user", "in0")}, [], "user: in0"),
-    ({"input.value": "in1"}, [], "in1"),
-    ({"traceloop.entity.input": "in2"}, [], "in2"),
     (
-        {"llm.input_messages.0.message.role": "user", "llm.input_messages.0.message.content": "in3"},
+        {"llm.input_messages.0.message.role": "user", "llm.input_messages.0.message.content": "in1"},
         [],
-        "user: in3",
+        "user: in1",
     ),
-    ({"gen_ai.prompt.0.role": "user", "gen_ai.prompt.0.content": "in4"}, [], "user: in4"),
+    ({"gen_ai.prompt.0.role": "user", "gen_ai.prompt.0.content": "in2"}, [], "user: in2"),
+    ({"input.value": "in3"}, [], "in3"),
+    ({"traceloop.entity.input": "in4"}, [], "in4"),
     ({}, [("gen_ai.user.message", {"content": "in5"})], "user: in5"),
 ]
 OUTPUT_SOURCES: list[tuple[dict[str, Any], list[Event], str]] = [
     ({"gen_ai.output.messages": genai_messages("assistant", "out0")}, [], "assistant: out0"),
-    ({"output.value": "out1"}, [], "out1"),
-    ({"traceloop.entity.output": "out2"}, [], "out2"),
     (
-        {"llm.output_messages.0.message.role": "assistant", "llm.output_messages.0.message.content": "out3"},
+        {"llm.output_messages.0.message.role": "assistant", "llm.output_messages.0.message.content": "out1"},
         [],
-        "assistant: out3",
+        "assistant: out1",
     ),
-    ({"gen_ai.completion.0.role": "assistant", "gen_ai.completion.0.content": "out4"}, [], "assistant: out4"),
+    ({"gen_ai.completion.0.role": "assistant", "gen_ai.completion.0.content": "out2"}, [], "assistant: out2"),
+    ({"output.value": "out3"}, [], "out3"),
+    ({"traceloop.entity.output": "out4"}, [], "out4"),
     (
         {},
         [("gen_ai.choice", {"index": 0, "message": '{"role": "assistant", "content": "out5"}'})],
@@ -1167,3 +1168,151 @@ def test_stored_cost_equals_price_table_cost(
     expected = PriceTable().cost(model, **dict(zip(names, usage, strict=True)))
     assert expected is not None
     assert row["cost_usd"] == pytest.approx(expected, rel=1e-12, abs=1e-12)
+
+
+# -- reasoning, stream chunks, one call recorded twice ---------------------------------------------
+
+
+def test_reasoning_parts_leave_the_output_text(db: TraceFile) -> None:
+    output = [
+        {
+            "role": "assistant",
+            "parts": [
+                {"type": "reasoning", "content": "The user wants a number."},
+                {"type": "text", "content": "42"},
+            ],
+        }
+    ]
+    row = db.record("chat", {"gen_ai.operation.name": "chat", "gen_ai.output.messages": json.dumps(output)})
+    assert row["output_text"] == "assistant: 42"
+    assert row["reasoning_text"] == "The user wants a number."
+
+
+def test_anthropic_thinking_and_openllmetry_responses_summary(db: TraceFile) -> None:
+    # The anthropic client's own span names a thinking block "thinking" with a "thinking" field;
+    # OpenLLMetry's Responses spans put the summary items in a JSON string.
+    output = [
+        {"role": "assistant", "content": [{"type": "thinking", "thinking": "Check the units."}]},
+        {
+            "role": "assistant",
+            "parts": [
+                {
+                    "type": "reasoning",
+                    "content": json.dumps([{"type": "summary_text", "text": "Summarised thought."}]),
+                },
+                {"type": "text", "content": "Done."},
+            ],
+        },
+    ]
+    row = db.record("chat", {"gen_ai.output.messages": json.dumps(output)})
+    assert row["reasoning_text"] == "Check the units.\nSummarised thought."
+    assert row["output_text"] == "assistant: Done."
+
+
+def test_openinference_reasoning_contents(db: TraceFile) -> None:
+    prefix = "llm.output_messages.0.message."
+    row = db.record(
+        "response",
+        {
+            "openinference.span.kind": "LLM",
+            f"{prefix}role": "assistant",
+            f"{prefix}contents.0.message_content.type": "reasoning",
+            f"{prefix}contents.0.message_content.text": "Compare both options.",
+            f"{prefix}contents.1.message_content.type": "text",
+            f"{prefix}contents.1.message_content.text": "Option B.",
+            "llm.token_count.completion_details.reasoning": 64,
+        },
+    )
+    assert row["reasoning_text"] == "Compare both options."
+    assert row["output_text"] == "assistant: Option B."
+    assert row["reasoning_tokens"] == 64
+
+
+def test_openllmetry_thinking_role(db: TraceFile) -> None:
+    row = db.record(
+        "anthropic.chat",
+        {
+            "gen_ai.completion.0.role": "thinking",
+            "gen_ai.completion.0.content": "Work through it.",
+            "gen_ai.completion.1.role": "assistant",
+            "gen_ai.completion.1.content": "It is 7.",
+        },
+    )
+    assert row["reasoning_text"] == "Work through it."
+    assert row["output_text"] == "assistant: It is 7."
+
+
+def test_stream_chunk_events_become_one_event(db: TraceFile) -> None:
+    chunks = [("gen_ai.content.completion.chunk", {}) for _ in range(100)]
+    pieces = [("llm.content.completion.chunk", {"text": t}) for t in ("Hel", "lo", "!")]
+    row = db.record(
+        "chat", events=[("gen_ai.choice.start", {}), *chunks, ("done", {"n": 1}), *pieces, ("tail.chunk", {})]
+    )
+    events = json.loads(row["events"])
+    assert [e["name"] for e in events] == [
+        "gen_ai.choice.start",
+        "gen_ai.content.completion.chunk",
+        "done",
+        "llm.content.completion.chunk",
+        "tail.chunk",
+    ]
+    chunk = events[1]
+    assert chunk["attributes"]["chunk_count"] == 100
+    assert chunk["attributes"]["last_time_unix_nano"] >= chunk["time_unix_nano"]
+    assert events[3]["attributes"] == {
+        "text": "Hello!",
+        "chunk_count": 3,
+        "last_time_unix_nano": events[3]["attributes"]["last_time_unix_nano"],
+    }
+    assert events[4]["attributes"] == {}  # a single chunk event is kept as it is
+
+
+@pytest.mark.parametrize("order", ["instrumentation first", "client library first", "same batch"])
+def test_one_call_recorded_twice_is_counted_once(open_file: Callable[..., TraceFile], order: str) -> None:
+    f = open_file()
+    client = f.provider.get_tracer("com.anthropic.sdk.python", "2.12.0")
+    usage = {
+        "gen_ai.provider.name": "anthropic",
+        "gen_ai.request.model": "claude-sonnet-4-5",
+        "gen_ai.response.id": "msg_01",
+        "gen_ai.usage.input_tokens": 100,
+        "gen_ai.usage.output_tokens": 20,
+    }
+
+    def instrumentation() -> Any:
+        span = f.tracer.start_span("anthropic.chat", attributes={**usage, "session.id": "conv"})
+        span.end()
+        return span
+
+    def library() -> Any:
+        span = client.start_span("anthropic.messages.create", attributes={**usage, "session.id": "conv"})
+        span.end()
+        return span
+
+    first, second = (
+        (instrumentation, library) if order != "client library first" else (library, instrumentation)
+    )
+    first()
+    if order != "same batch":
+        f.flush()
+    second()
+    f.flush()
+    rows = f.query("SELECT scope_name, has_usage, usage_below FROM spans ORDER BY scope_name")
+    assert [(r["scope_name"], r["usage_below"]) for r in rows] == [
+        ("com.anthropic.sdk.python", 1),
+        ("tests.normalization", 0),
+    ]
+    (session,) = f.query("SELECT span_count, input_tokens, output_tokens FROM sessions")
+    assert (session["span_count"], session["input_tokens"], session["output_tokens"]) == (2, 100, 20)
+    for trace_row in f.query("SELECT input_tokens FROM traces"):
+        assert trace_row["input_tokens"] in (0, 100)
+    assert sum(r["input_tokens"] for r in f.query("SELECT input_tokens FROM traces")) == 100
+
+
+def test_spans_of_one_scope_sharing_a_response_id_are_distinct_calls(db: TraceFile) -> None:
+    # A local server that numbers its responses from 1 in every run repeats ids: both calls count.
+    usage = {"gen_ai.response.id": "chatcmpl-1", "gen_ai.usage.input_tokens": 10, "session.id": "runs"}
+    db.record("chat", usage)
+    db.record("chat", usage)
+    (session,) = db.query("SELECT input_tokens FROM sessions")
+    assert session["input_tokens"] == 20

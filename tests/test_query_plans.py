@@ -208,6 +208,12 @@ def calls(ids: Ids) -> dict[str, Callable[[TraceStore], Any]]:
         "export_session": lambda s: s.export_session(ids.session),
         "export_otlp_json": lambda s: s.export_otlp_json(ids.session),
         "stats": lambda s: s.stats(),
+        "get_logs()": lambda s: s.get_logs(),
+        "get_logs(session_id)": lambda s: s.get_logs(session_id=ids.session),
+        "get_logs(trace_id)": lambda s: s.get_logs(trace_id=ids.trace),
+        "get_logs(span_id)": lambda s: s.get_logs(span_id=ids.span),
+        "get_logs(since, min_severity)": lambda s: s.get_logs(since=since, min_severity=13),
+        "get_logs(event_name)": lambda s: s.get_logs(event_name="app.start"),
         "follow": follow_for_a_moment,
         "follow(session_id)": lambda s: follow_for_a_moment(s, session_id="s-open"),
     }
@@ -292,6 +298,10 @@ def problems(st: Statement, partial: set[str]) -> list[str]:
                 out.append(f"scan of traces: {line}")
         elif table == "settings":
             pass  # a handful of rows, read whole by get_settings()
+        elif table in ("logs", "l"):
+            # Log records without a better filter are walked in time order, up to the limit.
+            if index != "logs_by_time" and index not in partial:
+                out.append(f"scan of logs: {line}")
         elif table != "spans_fts" and not table.startswith("subquery"):
             out.append(f"unexpected scan: {line}")
     sorts = [line for line in st.plan if "USE TEMP B-TREE" in line and "RIGHT PART" not in line]

@@ -25,7 +25,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 import otel_sqlite_exporter
 from otel_sqlite_exporter import NotATraceFileError, SchemaVersionError, SQLiteSpanProcessor, TraceFileError
-from otel_sqlite_exporter._schema import connect
+from otel_sqlite_exporter._schema import SCHEMA_VERSION, connect
 
 ISO_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 
@@ -478,8 +478,47 @@ def write_mixed_file(path: Path) -> None:
         provider.shutdown()
 
 
+def downgrade_to_v3(path: Path) -> None:
+    """The file as version 3 wrote it: no logs, no reasoning text or response ids, a three-column
+    full-text index."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    columns = "name, input_text, output_text"
+    for statement in (
+        "DROP TABLE logs",
+        "DROP TABLE pending_content",
+        "DROP INDEX spans_by_response_id",
+        "DROP TRIGGER spans_fts_insert",
+        "DROP TRIGGER spans_fts_delete",
+        "DROP TRIGGER spans_fts_update",
+        "DROP TABLE spans_fts",
+        "ALTER TABLE spans DROP COLUMN reasoning_text",
+        "ALTER TABLE spans DROP COLUMN response_id",
+        f"CREATE VIRTUAL TABLE spans_fts USING fts5 ({columns}, content='spans', content_rowid='id')",
+        f"""CREATE TRIGGER spans_fts_insert AFTER INSERT ON spans BEGIN
+            INSERT INTO spans_fts (rowid, {columns})
+            VALUES (new.id, new.name, new.input_text, new.output_text);
+        END""",
+        f"""CREATE TRIGGER spans_fts_delete AFTER DELETE ON spans BEGIN
+            INSERT INTO spans_fts (spans_fts, rowid, {columns})
+            VALUES ('delete', old.id, old.name, old.input_text, old.output_text);
+        END""",
+        f"""CREATE TRIGGER spans_fts_update AFTER UPDATE OF name, input_text, output_text ON spans BEGIN
+            INSERT INTO spans_fts (spans_fts, rowid, {columns})
+            VALUES ('delete', old.id, old.name, old.input_text, old.output_text);
+            INSERT INTO spans_fts (rowid, {columns})
+            VALUES (new.id, new.name, new.input_text, new.output_text);
+        END""",
+        "INSERT INTO spans_fts (spans_fts) VALUES ('rebuild')",
+        "DELETE FROM schema_migrations WHERE version = 4",
+        "PRAGMA user_version = 3",
+    ):
+        conn.execute(statement)
+    conn.close()
+
+
 def downgrade_to_v2(path: Path) -> None:
     """The file as version 2 wrote it: no v3 columns, no v3 migration row, no auto-vacuum."""
+    downgrade_to_v3(path)
     conn = sqlite3.connect(path, isolation_level=None)
     for statement in (
         "DROP INDEX sessions_by_activity",
@@ -544,8 +583,10 @@ def test_upgrade_from_version_2_fills_in_last_activity_and_enables_incremental_v
     assert sha256(path) == before
 
     connect(str(path)).close()
-    assert query(path, "PRAGMA user_version") == [(3,)]
-    assert query(path, "SELECT version FROM schema_migrations ORDER BY version") == [(1,), (2,), (3,)]
+    assert query(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+    assert query(path, "SELECT version FROM schema_migrations ORDER BY version") == [
+        (v,) for v in range(1, SCHEMA_VERSION + 1)
+    ]
     assert query(path, "PRAGMA auto_vacuum") == [(2,)]
     # The backfill gives every row the value the writer would have kept.
     assert query(path, "SELECT session_id, last_activity_unix_nano FROM sessions ORDER BY 1") == sessions
@@ -590,7 +631,7 @@ def test_processes_opening_a_new_file_at_the_same_moment(tmp_path: Path) -> None
 
 CLOSE_ON_REQUEST = """
 import sys
-from otel_sqlite_exporter._schema import connect
+from otel_sqlite_exporter._schema import SCHEMA_VERSION, connect
 conn = connect(sys.argv[1])
 conn.execute("INSERT INTO settings (key, value) VALUES ('from another process', '1')")
 print("ready", flush=True)
@@ -632,3 +673,39 @@ def test_opening_one_more_connection_keeps_the_log_of_the_others(tmp_path: Path)
     assert {"before", "from another process", "after"} <= {
         row[0] for row in query(path, "SELECT key FROM settings")
     }
+
+
+def test_upgrade_from_version_3_indexes_reasoning_and_keeps_search(tmp_path: Path) -> None:
+    path = tmp_path / "v3.db"
+    write_mixed_file(path)
+    spans = query(path, "SELECT trace_id, span_id, name, input_text, output_text FROM spans ORDER BY 1, 2")
+    downgrade_to_v3(path)
+
+    # A reader takes the version 3 file as it is: no reasoning, no logs, nothing changed.
+    before = sha256(path)
+    with otel_sqlite_exporter.TraceStore(path) as store:
+        entries = store.get_traces()
+        assert len(entries) == len(spans)
+        assert all(entry.reasoning_text is None for entry in entries)
+        assert store.get_logs() == []
+        name = spans[0][2]
+        assert [hit.entry.name for hit in store.search(name)][:1] == [name]
+    assert sha256(path) == before
+
+    connect(str(path)).close()
+    assert query(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+    assert (
+        query(path, "SELECT trace_id, span_id, name, input_text, output_text FROM spans ORDER BY 1, 2")
+        == spans
+    )
+    # The full-text index was rebuilt with the new column: old rows are found, new ones by reasoning.
+    assert (
+        query(path, "SELECT count(*) FROM spans_fts WHERE spans_fts MATCH ?", (f'"{spans[0][2]}"',))[0][0]
+        >= 1
+    )
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE spans SET reasoning_text = 'pondering zebras' WHERE rowid = 1")
+    conn.execute("INSERT INTO spans_fts (spans_fts) VALUES ('integrity-check')")  # raises if out of step
+    conn.commit()
+    conn.close()
+    assert query(path, "SELECT rowid FROM spans_fts WHERE spans_fts MATCH 'zebras'") == [(1,)]
