@@ -192,7 +192,8 @@ def _path(value: object) -> str:
 def _pick(
     given: Mapping[str, Any], env: Mapping[str, str], name: str, variable: str, parse: Any, default: Any
 ) -> Any:
-    if name in given:
+    # None is "not given": the environment, then the default, decide.
+    if given.get(name) is not None:
         try:
             return parse(given[name])
         except ValueError as exc:

@@ -70,7 +70,8 @@ class SQLiteSpanProcessor(SpanProcessor):
         self._queue: collections.deque[Any] = collections.deque()
         self._limit = self.options.max_queue_size
         self._start_limit = int(self._limit * _START_SHARE)
-        self._wake_at = max(1, min(self.options.max_batch_size, _MAP_BATCH) // 2)
+        # Woken early at half a batch, or half the queue when the queue is smaller.
+        self._wake_at = max(1, min(self.options.max_batch_size, _MAP_BATCH, self._limit) // 2)
         self._health = WriteHealth(self.options.path)
         self._dropped = 0
         self._drop_lock = threading.Lock()

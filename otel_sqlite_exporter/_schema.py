@@ -406,6 +406,13 @@ def _open(
         raise TraceFileError(path, f"cannot open: {exc}") from exc
     try:
         setup(conn)
+    except sqlite3.OperationalError as exc:
+        conn.close()
+        if "locked" in str(exc) or "busy" in str(exc):
+            raise TraceFileError(
+                path, f"is locked by another connection (waited {busy_timeout_millis} ms): {exc}"
+            ) from exc
+        raise NotATraceFileError(path, f"not a usable SQLite database: {exc}") from exc
     except sqlite3.DatabaseError as exc:
         conn.close()
         if "file is not a database" in str(exc):

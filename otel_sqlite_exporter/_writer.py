@@ -239,6 +239,9 @@ _RANKS_BEFORE = f"""SELECT 1 FROM spans AS k
       AND ({_client.format(span="k")} < {_client.format(span="{d}")}
            OR ({_client.format(span="k")} = {_client.format(span="{d}")} AND k.id < {{d}}.id))"""
 
+# More spans than this with one response id are not one call recorded by several instrumentations.
+MAX_RECORDINGS = 8
+_filled_counts = ", ".join(f"{c} = coalesce(spans.{c}, r.{c})" for c in _TOKENS)
 _scope_of_response = """SELECT scope_name FROM spans
         WHERE response_id = r.response_id ORDER BY scope_name {order} LIMIT 1"""
 
@@ -346,16 +349,32 @@ CREATE TEMP TRIGGER store_batch INSTEAD OF INSERT ON store_batch BEGIN
     DELETE FROM pending_ancestors WHERE (trace_id, span_id) IN (SELECT trace_id, span_id FROM staged_spans);
     -- A model call recorded twice (the anthropic client's own span beside an instrumentation's)
     -- shares its response id: the repeat (see _RANKS_BEFORE) is marked and its trace recounted.
-    -- Only ids recorded under two scopes or more are looked at (two index probes each): a server
-    -- that gives every response the same id costs nothing here.
+    -- Only ids recorded under two scopes or more, on a few spans, are looked at (a few index
+    -- probes each): an id that many spans carry names no single call (a server that gives every
+    -- response the same id), and costs nothing here however many spans carry it.
     INSERT INTO repeated_spans (id, trace_id)
     SELECT d.id, d.trace_id FROM (
         SELECT DISTINCT response_id FROM staged_spans WHERE response_id IS NOT NULL
     ) AS r CROSS JOIN spans AS d ON d.response_id = r.response_id
     WHERE ({_scope_of_response.format(order="")}) IS NOT ({_scope_of_response.format(order="DESC")})
+      AND (SELECT count(*) FROM (SELECT 1 FROM spans WHERE response_id = r.response_id
+                                 LIMIT {MAX_RECORDINGS + 1})) <= {MAX_RECORDINGS}
       AND d.has_usage = 1 AND d.usage_below = 0 AND EXISTS ({_RANKS_BEFORE.format(d="d")});
     UPDATE spans SET usage_below = 1 WHERE id IN (SELECT id FROM repeated_spans);
     INSERT OR IGNORE INTO recounted_traces (trace_id) SELECT trace_id FROM repeated_spans;
+    -- A count the span kept lacks (OpenLLMetry records no Anthropic thinking tokens, the client
+    -- does) is taken from its repeats; its trace is recounted too.
+    INSERT OR IGNORE INTO recounted_traces (trace_id)
+    SELECT k.trace_id FROM repeated_spans AS rs CROSS JOIN spans AS d ON d.id = rs.id
+    CROSS JOIN spans AS k ON k.response_id = d.response_id
+    WHERE k.has_usage = 1 AND k.usage_below = 0;
+    UPDATE spans SET {_filled_counts}
+    FROM (
+        SELECT d.response_id, {", ".join(f"max(d.{c}) AS {c}" for c in _TOKENS)}
+        FROM repeated_spans AS rs CROSS JOIN spans AS d ON d.id = rs.id GROUP BY d.response_id
+    ) AS r
+    WHERE spans.response_id = r.response_id AND spans.has_usage = 1 AND spans.usage_below = 0
+      AND ({" OR ".join(f"spans.{c} IS NULL" for c in _TOKENS)});
     {MERGE_PENDING_CONTENT.format(pending=_STAGED_PENDING)}
     {DELETE_MERGED_CONTENT.format(pending=_STAGED_PENDING)}
 END"""

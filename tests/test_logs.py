@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
+from time import time_ns
 from typing import Any
 
 import pytest
@@ -22,6 +23,7 @@ from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, set_span_in
 
 from otel_sqlite_exporter import SQLiteLogExporter, SQLiteSpanProcessor, TraceStore, scrub_file
 from otel_sqlite_exporter._cli import main as cli
+from otel_sqlite_exporter._schema import connect
 
 DETAILS = "gen_ai.client.inference.operation.details"
 CHAT = {
@@ -302,3 +304,47 @@ def test_exporter_contract(tmp_path: Path) -> None:
     exporter.shutdown()
     assert exporter.export([]).name == "FAILURE"
     assert exporter.force_flush() is True
+
+
+def test_retention_sweeps_log_records_with_their_sessions(pipe: Pipeline) -> None:
+    from otel_sqlite_exporter import RetentionSweeper
+
+    day = 86_400 * 10**9
+    old = time_ns() - 40 * day
+    span = pipe.tracer.start_span("old step", start_time=old)
+    pipe.emit(span, body="old record", timestamp=old)
+    span.end(end_time=old + 10**9)
+    orphan = SpanContext(trace_id=0xABC, span_id=0xDEF, is_remote=True)
+    pipe.details(orphan)  # content whose span never comes
+    pipe.emit(None, body="old, outside any span", timestamp=old)
+    with pipe.tracer.start_as_current_span("new step") as fresh:
+        pipe.emit(fresh, body="new record")
+    pipe.emit(None, body="new, outside any span")
+    pipe.flush()
+    conn = sqlite3.connect(pipe.path)
+    conn.execute("UPDATE pending_content SET received_unix_nano = ?", (old,))
+    conn.commit()
+    conn.close()
+
+    result = RetentionSweeper(pipe.path, retention_days=30).sweep_once()
+    assert result.deleted_sessions == 1
+    assert sorted(body for (body,) in query(pipe.path, "SELECT body FROM logs")) == [
+        "new record",
+        "new, outside any span",
+    ]
+    assert query(pipe.path, "SELECT count(*) FROM pending_content") == [(0,)]
+
+
+def test_show_latest_is_the_newest_session(pipe: Pipeline, capsys: pytest.CaptureFixture[str]) -> None:
+    for name in ("first", "second"):
+        with pipe.tracer.start_as_current_span(name):
+            pass
+    pipe.flush()
+    assert cli(["--db", str(pipe.path), "show", "latest"]) == 0
+    out = capsys.readouterr().out
+    assert "second" in out and "first" not in out
+    assert cli(["--db", str(pipe.path), "summary", "latest"]) == 0
+    empty = pipe.path.with_name("empty.db")
+    connect(str(empty)).close()  # a trace file with nothing in it yet
+    assert cli(["--db", str(empty), "show", "latest"]) == 1
+    assert "no sessions in" in capsys.readouterr().err

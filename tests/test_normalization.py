@@ -1285,7 +1285,9 @@ def test_one_call_recorded_twice_is_counted_once(open_file: Callable[..., TraceF
         return span
 
     def library() -> Any:
-        span = client.start_span("anthropic.messages.create", attributes={**usage, "session.id": "conv"})
+        # Only the client library counts the thinking tokens: the span kept takes them over.
+        attributes = {**usage, "gen_ai.usage.reasoning.output_tokens": 8, "session.id": "conv"}
+        span = client.start_span("anthropic.messages.create", attributes=attributes)
         span.end()
         return span
 
@@ -1302,11 +1304,10 @@ def test_one_call_recorded_twice_is_counted_once(open_file: Callable[..., TraceF
         ("com.anthropic.sdk.python", 1),
         ("tests.normalization", 0),
     ]
-    (session,) = f.query("SELECT span_count, input_tokens, output_tokens FROM sessions")
-    assert (session["span_count"], session["input_tokens"], session["output_tokens"]) == (2, 100, 20)
-    for trace_row in f.query("SELECT input_tokens FROM traces"):
-        assert trace_row["input_tokens"] in (0, 100)
-    assert sum(r["input_tokens"] for r in f.query("SELECT input_tokens FROM traces")) == 100
+    (session,) = f.query("SELECT span_count, input_tokens, output_tokens, reasoning_tokens FROM sessions")
+    assert tuple(session.values()) == (2, 100, 20, 8)
+    traces = f.query("SELECT input_tokens, reasoning_tokens FROM traces ORDER BY input_tokens")
+    assert [tuple(t.values()) for t in traces] == [(0, 0), (100, 8)]
 
 
 def test_spans_of_one_scope_sharing_a_response_id_are_distinct_calls(db: TraceFile) -> None:
@@ -1316,3 +1317,14 @@ def test_spans_of_one_scope_sharing_a_response_id_are_distinct_calls(db: TraceFi
     db.record("chat", usage)
     (session,) = db.query("SELECT input_tokens FROM sessions")
     assert session["input_tokens"] == 20
+
+
+def test_an_id_on_many_spans_names_no_single_call(db: TraceFile) -> None:
+    # Two instrumentations behind a server that answers every call with one id: every call counts.
+    other = db.provider.get_tracer("com.anthropic.sdk.python")
+    usage = {"gen_ai.response.id": "msg_constant", "gen_ai.usage.input_tokens": 10, "session.id": "many"}
+    for tracer in (db.tracer, other) * 10:
+        tracer.start_span("call", attributes=usage).end()
+    db.flush()
+    (session,) = db.query("SELECT span_count, input_tokens FROM sessions")
+    assert (session["span_count"], session["input_tokens"]) == (20, 200)

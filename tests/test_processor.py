@@ -24,7 +24,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from otel_sqlite_exporter import ConfigurationError, SQLiteSpanExporter, SQLiteSpanProcessor
+from otel_sqlite_exporter import ConfigurationError, Options, SQLiteSpanExporter, SQLiteSpanProcessor
 
 LOGGER = "otel_sqlite_exporter"
 REASON = re.compile(r"cannot|unable|not a directory|read-only|readonly", re.IGNORECASE)
@@ -530,3 +530,27 @@ def test_bad_environment_value_names_the_variable(
 def test_bad_option_names_the_option(tmp_path: Path, options: dict, name: str, cls: type) -> None:
     with pytest.raises(ConfigurationError, match=name):
         cls(tmp_path / "t.db", **options)
+
+
+def test_a_queue_smaller_than_a_batch_is_written_as_it_fills(db: Path) -> None:
+    # The writer is woken at half the queue, not only at half a batch: a paced producer into a
+    # small queue loses nothing even when the timer never fires.
+    processor = SQLiteSpanProcessor(db, max_queue_size=100, schedule_delay_millis=600_000)
+    provider, tracer = tracer_for(processor)
+    for i in range(2_000):
+        with tracer.start_as_current_span(f"paced-{i}"):
+            pass
+        if i % 20 == 19:
+            time.sleep(0.002)
+    assert processor.force_flush(10_000)
+    stats = processor.stats
+    provider.shutdown()
+    assert stats["dropped"] < 2_000 * 2 // 10, stats
+    assert query(db, "SELECT count(*) FROM spans")[0][0] >= 1_800
+
+
+def test_none_means_not_given(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_SQLITE_RETENTION_DAYS", "9")
+    options = Options.resolve(tmp_path / "t.db", {"retention_days": None, "max_db_bytes": None})
+    assert options.retention_days == 9
+    assert options.max_db_bytes is None

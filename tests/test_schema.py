@@ -709,3 +709,19 @@ def test_upgrade_from_version_3_indexes_reasoning_and_keeps_search(tmp_path: Pat
     conn.commit()
     conn.close()
     assert query(path, "SELECT rowid FROM spans_fts WHERE spans_fts MATCH 'zebras'") == [(1,)]
+
+
+def test_a_file_locked_too_long_is_reported_as_locked(tmp_path: Path) -> None:
+    path = tmp_path / "busy.db"
+    connect(str(path)).close()
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("PRAGMA journal_mode = DELETE")  # a rollback journal: an exclusive lock stops readers too
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(TraceFileError) as info:
+            connect(str(path), busy_timeout_millis=100)
+        assert not isinstance(info.value, NotATraceFileError)
+        assert "locked" in str(info.value) and str(path) in str(info.value)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
