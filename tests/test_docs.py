@@ -23,7 +23,7 @@ The rules every page follows:
   proxy, and pip may use no index and no find-links, so a ``pip install`` in the docs may only
   name what is already installed, which pip then satisfies without a download).
 - Long-running commands appear in bounded forms that still do what a user does:
-  ``timeout --preserve-status -s INT 3 otel-sqlite tail`` (Ctrl-C after 3 s, which must end it
+  ``timeout --preserve-status -s INT 8 otel-sqlite tail`` (Ctrl-C after 8 s, which must end it
   cleanly), ``datasette traces.db --get /traces/sessions.json`` (a request without a server).
 
 One exception: README.md's first block creates a virtual environment, installs the package and

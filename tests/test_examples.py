@@ -2,27 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from scenarios import load_example, run_example
 
 from otel_sqlite_exporter import PriceTable
-
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-
-
-def load_example(name: str) -> ModuleType:
-    """Import an example as a module (its main() does not run) to read what it scripts."""
-    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_quickstart(tmp_path: Path) -> None:
@@ -30,14 +16,7 @@ def test_quickstart(tmp_path: Path) -> None:
     pytest.importorskip("opentelemetry.instrumentation.openai_v2")
     quickstart = load_example("quickstart")
     db = tmp_path / "demo.db"
-    proc = subprocess.run(
-        [sys.executable, str(EXAMPLES / "quickstart.py"), str(db)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp_path,
-    )
-    assert proc.returncode == 0, proc.stderr
+    proc = run_example("quickstart", db)
     assert "Plan a trip to Paris" in proc.stdout
     assert "execute_tool get_weather" in proc.stdout
     assert str(db) in proc.stdout

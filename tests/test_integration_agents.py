@@ -10,12 +10,9 @@ an instrumented client library does.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 import sqlite3
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -23,21 +20,9 @@ from typing import Any
 
 import pytest
 from helpers import start_tracing
+from scenarios import environment, load_example, run_example
 
 from otel_sqlite_exporter import PriceTable, TraceStore
-
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-
-
-def load_example(name: str) -> ModuleType:
-    """Import an example as a module (its main() does not run) to read what it scripts."""
-    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up while it loads
-    spec.loader.exec_module(module)
-    return module
-
 
 Run = tuple[ModuleType, subprocess.CompletedProcess[str], Path]
 
@@ -49,15 +34,7 @@ def example_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     example = load_example("agent_spans")
     tmp_path = tmp_path_factory.mktemp("agents")
     db = tmp_path / "agents.db"
-    proc = subprocess.run(
-        [sys.executable, str(EXAMPLES / "agent_spans.py"), str(db)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp_path,
-        env={**{k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}, "NO_COLOR": "1"},
-    )
-    assert proc.returncode == 0, proc.stderr
+    proc = run_example("agent_spans", db, environment(NO_COLOR="1"))
     return example, proc, db
 
 

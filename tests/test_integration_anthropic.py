@@ -8,21 +8,19 @@ them started at once, see ``runs``) and the tests read the SQLite file it wrote.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
+from scenarios import Run, Runs, cost, environment, load_example, start_example, start_script
 
-from otel_sqlite_exporter import PriceTable, TraceStore
+from otel_sqlite_exporter import TraceStore
 
 pytest.importorskip("anthropic")
 pytest.importorskip("opentelemetry.instrumentation.anthropic")
@@ -33,7 +31,6 @@ CLIENT_SCOPE = "com.anthropic.sdk.python"  # the anthropic client's own: anthrop
 # A model the price table knows and the anthropic client does not warn about as deprecated.
 MODEL = "claude-haiku-4-5"
 RESPONSE_MODEL = "claude-haiku-4-5-20251001"
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 # The real Messages API (and the fake server) put a placeholder output_tokens of 1 in message_start;
 # OpenLLMetry 0.62.4 adds it to the final count of message_delta.
 STREAM_EXTRA_OUTPUT_TOKENS = 1
@@ -156,66 +153,9 @@ THINKING_REPLY = {
 }
 
 
-@dataclass
-class Run:
-    """One scenario's interpreter, started in the background; ``finish()`` waits for it."""
-
-    proc: subprocess.Popen[str]
-    db: Path
-    stdout: str = ""
-    stderr: str = ""
-    _conn: sqlite3.Connection | None = None
-
-    def finish(self) -> None:
-        try:
-            self.stdout, self.stderr = self.proc.communicate(timeout=120)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.stdout, self.stderr = self.proc.communicate()
-
-    @property
-    def out(self) -> dict[str, Any]:
-        """The JSON line APP printed: what the application observed."""
-        assert self.proc.returncode == 0, self.stderr
-        return json.loads(self.stdout.strip().splitlines()[-1])
-
-    @property
-    def conn(self) -> sqlite3.Connection:
-        assert self.proc.returncode == 0, self.stderr
-        if self._conn is None:
-            self._conn = sqlite3.connect(self.db)
-            self._conn.row_factory = sqlite3.Row
-        return self._conn
-
-    def spans(self) -> list[sqlite3.Row]:
-        return self.conn.execute("SELECT * FROM spans ORDER BY start_time_unix_nano, id").fetchall()
-
-    def session(self, session_id: str) -> sqlite3.Row:
-        return self.conn.execute("SELECT * FROM sessions WHERE session_id = ?", (session_id,)).fetchone()
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        if self._conn is not None:
-            self._conn.close()
-
-
-def environment(env: dict[str, str]) -> dict[str, str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "TRACELOOP_", "ANTHROPIC_"))}
-    return {**clean, "NO_COLOR": "1", **env}
-
-
-def start(command: list[str], db: Path, env: dict[str, str]) -> Run:
-    proc = subprocess.Popen(
-        command,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=environment(env),
-        cwd=db.parent,
-    )
-    return Run(proc, db)
+def clean_env(**values: str) -> dict[str, str]:
+    # TRACELOOP_* and ANTHROPIC_* settings of the developer's would change what either records.
+    return environment("TRACELOOP_", "ANTHROPIC_", NO_COLOR="1", **values)
 
 
 def start_app(
@@ -227,18 +167,11 @@ def start_app(
     env: dict[str, str] | None = None,
 ) -> Run:
     """APP in a fresh interpreter; ``instrument`` goes to configure() (default: OpenLLMetry's)."""
-    db = folder / "traces.db"
     instrument = [DIST] if instrument is None else instrument
-    cfg = {"db": str(db), "instrument": instrument, "model": MODEL, "sessions": sessions, "replies": replies}
+    cfg = {"instrument": instrument, "model": MODEL, "sessions": sessions, "replies": replies}
     # The openai instrumentations have nothing to trace here; skipping them spares importing openai.
-    env = {"OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "openai", **(env or {})}
-    return start([sys.executable, "-c", APP, json.dumps(cfg)], db, env)
-
-
-def cost(model: str, **tokens: int) -> float:
-    value = PriceTable().cost(model, **tokens)
-    assert value is not None, model
-    return value
+    env = clean_env(OTEL_PYTHON_DISABLED_INSTRUMENTATIONS="openai", **(env or {}))
+    return start_script(APP, folder / "traces.db", cfg, env)
 
 
 def cli(db: Path, *args: str) -> str:
@@ -247,7 +180,7 @@ def cli(db: Path, *args: str) -> str:
         capture_output=True,
         text=True,
         timeout=60,
-        env=environment({}),
+        env=clean_env(),
     )
     assert done.returncode == 0, done.stderr
     return done.stdout
@@ -307,10 +240,9 @@ ONE_CALL = [{"task": "one call", "steps": [{"call": "create", **SAY_HI}]}]
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Run]]:
-    """Every scenario of this module, each in its own interpreter, started at once, then awaited."""
-    started: dict[str, Run] = {}
-    try:
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
+    """Every scenario of this module, each in its own interpreter, started at once."""
+    with Runs() as started:
         # OpenLLMetry, and the anthropic client's own spans (on by default).
         started["full"] = start_app(
             tmp_path_factory.mktemp("full"),
@@ -334,15 +266,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Run]]:
             env={"ANTHROPIC_OPEN_TELEMETRY_TRACES_CONTENT_MODE": "content"},
         )
         db = tmp_path_factory.mktemp("example") / "example.db"
-        started["example"] = start(
-            [sys.executable, str(EXAMPLES / "openllmetry_anthropic.py"), str(db)], db, {}
-        )
-        for run in started.values():
-            run.finish()
+        started["example"] = start_example("openllmetry_anthropic", db, clean_env())
         yield started
-    finally:
-        for run in started.values():
-            run.close()
 
 
 @dataclass(frozen=True)
@@ -357,7 +282,7 @@ class Full:
 
 
 @pytest.fixture(scope="module")
-def full(runs: dict[str, Run]) -> Full:
+def full(runs: Runs) -> Full:
     run = runs["full"]
     (session,) = run.out["sessions"]
     spans = run.spans()
@@ -605,7 +530,7 @@ def test_session_counts_each_call_once(full: Full) -> None:
     assert sum(t["cost_usd"] or 0 for t in traces) == pytest.approx(session["cost_usd"], rel=1e-9)
 
 
-def test_one_call_counted_once(runs: dict[str, Run]) -> None:
+def test_one_call_counted_once(runs: Runs) -> None:
     run = runs["one_call"]
     (session,) = run.out["sessions"]
     assert session["results"][0]["text"] == "Hi there!"
@@ -648,7 +573,7 @@ def test_one_call_counted_once(runs: dict[str, Run]) -> None:
     assert "2 spans · 1,320 in / 5 out" in header
 
 
-def test_client_spans_off_leaves_openllmetry_alone(runs: dict[str, Run]) -> None:
+def test_client_spans_off_leaves_openllmetry_alone(runs: Runs) -> None:
     run = runs["client_off"]
     (session,) = run.out["sessions"]
     (span,) = run.spans()
@@ -659,7 +584,7 @@ def test_client_spans_off_leaves_openllmetry_alone(runs: dict[str, Run]) -> None
     assert totals(row) == totals(runs["one_call"].session(runs["one_call"].out["sessions"][0]["id"]))
 
 
-def test_client_span_alone_counts(runs: dict[str, Run]) -> None:
+def test_client_span_alone_counts(runs: Runs) -> None:
     run = runs["client_only"]
     say_hi, thinking = run.out["sessions"]
     spans = run.spans()
@@ -692,16 +617,7 @@ def test_client_span_alone_counts(runs: dict[str, Run]) -> None:
 # -- examples/openllmetry_anthropic.py, run as a user runs it ----------------------------------------
 
 
-def load_example(name: str) -> ModuleType:
-    """Import an example as a module (its main() does not run) to read what it scripts."""
-    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_example(runs: dict[str, Run]) -> None:
+def test_example(runs: Runs) -> None:
     example = load_example("openllmetry_anthropic")
     run = runs["example"]
     conn = run.conn

@@ -13,18 +13,17 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import shutil
 import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
 import pytest
+from scenarios import OPENAI_TOOLS, Run, Runs, cost, environment, load_example, run_example, start_script
 
 from otel_sqlite_exporter import PriceTable
 from otel_sqlite_exporter._configure import genai_instrumentors
@@ -32,7 +31,6 @@ from otel_sqlite_exporter._configure import genai_instrumentors
 pytest.importorskip("openai")
 pytest.importorskip("opentelemetry.instrumentation.openai_v2")
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 CAPTURE_ENV = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
 DETAILS_EVENT = "gen_ai.client.inference.operation.details"
 HANDLER_SCOPE = "opentelemetry.util.genai.handler"  # openai-v2 2.4 chat spans come from util-genai
@@ -154,14 +152,7 @@ out = {
 # as opentelemetry-util-genai's own ToolInvocation decides.
 content_on_spans = (mode or "").upper() in ("SPAN_ONLY", "SPAN_AND_EVENT")
 tracer = trace.get_tracer("integration-app")
-TOOLS = [{
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Current weather for a city.",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-    },
-}]
+TOOLS = cfg["tools"]
 
 
 def chat(client, user, **kwargs):
@@ -279,77 +270,38 @@ PROMPTS = {
 def clean_env() -> dict[str, str]:
     """The environment without OTEL_ settings: each run decides what is captured and instrumented.
     The anthropic instrumentation is skipped: importing anthropic would double each run's start-up."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    env["OTEL_PYTHON_DISABLED_INSTRUMENTATIONS"] = "anthropic"
-    return env
+    return environment(OTEL_PYTHON_DISABLED_INSTRUMENTATIONS="anthropic")
 
 
-@dataclass
-class Run:
-    """One finished run of APP: what the application saw, and its trace file."""
-
-    out: dict[str, Any]
-    db: Path
-    conn: sqlite3.Connection
-
-    def spans(self, scenario: str, type_: str | None = None) -> list[sqlite3.Row]:
-        sql = "SELECT * FROM spans WHERE session_id = ?" + (" AND type = ?" if type_ else "")
-        params = (self.out["sessions"][scenario], *((type_,) if type_ else ()))
-        return self.conn.execute(sql + " ORDER BY start_time_unix_nano", params).fetchall()
-
-    def session(self, scenario: str) -> sqlite3.Row:
-        return self.conn.execute(
-            "SELECT * FROM sessions WHERE session_id = ?", (self.out["sessions"][scenario],)
-        ).fetchone()
-
-    def llm_spans(self) -> list[sqlite3.Row]:
-        return self.conn.execute(
-            "SELECT * FROM spans WHERE type = 'llm' ORDER BY start_time_unix_nano"
-        ).fetchall()
+def start_app(tmp: Path, capture: str | None, instrument: bool | list[str] = True) -> Run:
+    """APP in the background, writing ``tmp/traces.db``."""
+    cfg = {
+        "other_db": str(tmp / "other.db"),
+        "capture": capture,
+        "instrument": instrument,
+        "model": REQUEST_MODEL,
+        "embedding_model": EMBEDDING_MODEL,
+        "reasoning_model": REASONING_MODEL,
+        "replies": REPLIES,
+        "prompts": PROMPTS,
+        "tools": OPENAI_TOOLS,
+    }
+    return start_script(APP, tmp / "traces.db", cfg, clean_env())
 
 
-class PendingRun:
-    """A run of APP started in the background; ``result()`` waits for it."""
+def spans_of(run: Run, scenario: str, type_: str | None = None) -> list[sqlite3.Row]:
+    """The spans of one of the scenarios APP plays, each in a session of its own."""
+    sql = "SELECT * FROM spans WHERE session_id = ?" + (" AND type = ?" if type_ else "")
+    params = (run.out["sessions"][scenario], *((type_,) if type_ else ()))
+    return run.conn.execute(sql + " ORDER BY start_time_unix_nano", params).fetchall()
 
-    def __init__(self, tmp: Path, capture: str | None, instrument: bool | list[str] = True) -> None:
-        self.db = tmp / "traces.db"
-        cfg = {
-            "db": str(self.db),
-            "other_db": str(tmp / "other.db"),
-            "capture": capture,
-            "instrument": instrument,
-            "model": REQUEST_MODEL,
-            "embedding_model": EMBEDDING_MODEL,
-            "reasoning_model": REASONING_MODEL,
-            "replies": REPLIES,
-            "prompts": PROMPTS,
-        }
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", APP, json.dumps(cfg)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=clean_env(),
-            cwd=tmp,
-        )
-        self._run: Run | None = None
 
-    def result(self) -> Run:
-        if self._run is None:
-            stdout, stderr = self.proc.communicate(timeout=120)
-            assert self.proc.returncode == 0, stderr
-            out = json.loads(stdout.strip().splitlines()[-1])
-            conn = sqlite3.connect(self.db)
-            conn.row_factory = sqlite3.Row
-            self._run = Run(out, self.db, conn)
-        return self._run
+def session_of(run: Run, scenario: str) -> sqlite3.Row:
+    return run.session(run.out["sessions"][scenario])
 
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        if self._run is not None:
-            self._run.conn.close()
+
+def llm_spans(run: Run) -> list[sqlite3.Row]:
+    return run.conn.execute("SELECT * FROM spans WHERE type = 'llm' ORDER BY start_time_unix_nano").fetchall()
 
 
 # None: leave the variable unset, so configure() picks its default (SPAN_ONLY).
@@ -362,19 +314,17 @@ MODES: dict[str, str | None] = {
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, PendingRun]]:
-    pending = {
-        name: PendingRun(tmp_path_factory.mktemp(name.lower()), capture) for name, capture in MODES.items()
-    }
-    yield pending
-    for run in pending.values():
-        run.close()
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
+    with Runs() as started:
+        for name, capture in MODES.items():
+            started[name] = start_app(tmp_path_factory.mktemp(name.lower()), capture)
+        yield started
 
 
 @pytest.fixture(scope="module")
-def main(runs: dict[str, PendingRun]) -> Run:
+def main(runs: Runs) -> Run:
     """configure() with no content setting of the user's: content goes on the spans (SPAN_ONLY)."""
-    return runs["default"].result()
+    return runs["default"]
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -386,12 +336,6 @@ def attrs(span: sqlite3.Row) -> dict[str, Any]:
 
 def events(span: sqlite3.Row) -> list[dict[str, Any]]:
     return json.loads(span["events"] or "[]")
-
-
-def cost(model: str, tokens_in: int, tokens_out: int | None = None) -> float:
-    value = PriceTable().cost(model, input_tokens=tokens_in, output_tokens=tokens_out)
-    assert value is not None, f"no price for {model}"
-    return value
 
 
 def has_table(conn: sqlite3.Connection, name: str) -> bool:
@@ -412,8 +356,8 @@ def tool_call_arguments(output_text: str) -> Any:
 
 def test_chat_span_has_model_provider_tokens_cost_duration(main: Run) -> None:
     assert main.out["chat"] == [reply["content"] for reply in CHAT_REPLIES]
-    chat_spans = main.spans("chat") + [
-        span for span in main.llm_spans() if span["session_id"] not in main.out["sessions"].values()
+    chat_spans = spans_of(main, "chat") + [
+        span for span in llm_spans(main) if span["session_id"] not in main.out["sessions"].values()
     ]
     assert len(chat_spans) == 3
     for span, reply in zip(chat_spans, CHAT_REPLIES, strict=True):
@@ -431,7 +375,10 @@ def test_chat_span_has_model_provider_tokens_cost_duration(main: Run) -> None:
         )
         assert span["cache_read_tokens"] is None and span["reasoning_tokens"] is None
         assert span["cost_usd"] == pytest.approx(
-            cost(RESPONSE_MODEL, reply["prompt_tokens"], reply["completion_tokens"]), rel=1e-9
+            cost(
+                RESPONSE_MODEL, input_tokens=reply["prompt_tokens"], output_tokens=reply["completion_tokens"]
+            ),
+            rel=1e-9,
         )
         assert span["end_time_unix_nano"] > span["start_time_unix_nano"]
         assert span["duration_ms"] == pytest.approx(
@@ -446,10 +393,10 @@ def test_chat_span_has_model_provider_tokens_cost_duration(main: Run) -> None:
 
 def test_chat_calls_inside_session_belong_to_it(main: Run) -> None:
     assert main.out["capture"] == "SPAN_ONLY"
-    inside = main.spans("chat")
+    inside = spans_of(main, "chat")
     assert len(inside) == 2
     assert all(attrs(span)["user.id"] == "alice" for span in inside)
-    row = main.session("chat")
+    row = session_of(main, "chat")
     assert row["task"] == "chat"
     assert row["user_id"] == "alice"
     assert row["status"] == "completed"
@@ -463,9 +410,7 @@ def test_chat_calls_inside_session_belong_to_it(main: Run) -> None:
     )
     assert row["cost_usd"] == pytest.approx(sum(span["cost_usd"] for span in inside), rel=1e-9)
     # Outside any session() the trace becomes its own session.
-    (outside,) = [
-        span for span in main.llm_spans() if span["session_id"] not in main.out["sessions"].values()
-    ]
+    (outside,) = [span for span in llm_spans(main) if span["session_id"] not in main.out["sessions"].values()]
     assert outside["session_id"] == outside["trace_id"]
     assert outside["input_tokens"] == CHAT_REPLIES[2]["prompt_tokens"]
 
@@ -492,7 +437,7 @@ def test_one_instrumentor_per_client_openai_v2_by_default(main: Run) -> None:
     }
     # Not OpenLLMetry (opentelemetry.instrumentation.openai.v1) nor OpenInference: one span per call.
     assert scopes == {HANDLER_SCOPE, EMBEDDINGS_SCOPE, "integration-app"}
-    for span in main.llm_spans():
+    for span in llm_spans(main):
         assert "openinference.span.kind" not in attrs(span)
 
 
@@ -505,17 +450,19 @@ def test_stream_is_one_span_with_whole_text_and_reported_usage(main: Run) -> Non
     assert seen["text"] == STREAM_REPLY["content"]
     assert seen["chunks"] > 2
     assert seen["usage"] == [STREAM_REPLY["prompt_tokens"], STREAM_REPLY["completion_tokens"]]
-    (span,) = main.spans("stream")
+    (span,) = spans_of(main, "stream")
     assert span["type"] == "llm"
     assert span["name"] == f"chat {REQUEST_MODEL}"
     assert span["model"] == RESPONSE_MODEL
     assert (span["input_tokens"], span["output_tokens"]) == tuple(seen["usage"])
-    assert span["cost_usd"] == pytest.approx(cost(RESPONSE_MODEL, *seen["usage"]), rel=1e-9)
+    assert span["cost_usd"] == pytest.approx(
+        cost(RESPONSE_MODEL, input_tokens=seen["usage"][0], output_tokens=seen["usage"][1]), rel=1e-9
+    )
     assert span["input_text"] == f"user: {STREAM_PROMPT}"
     assert span["output_text"] == f"assistant: {STREAM_REPLY['content']}"
     # No per-chunk span events: the stream is one span, its text consolidated.
     assert events(span) == []
-    row = main.session("stream")
+    row = session_of(main, "stream")
     assert (row["span_count"], row["input_tokens"], row["output_tokens"]) == (1, *seen["usage"])
 
 
@@ -523,7 +470,7 @@ def test_stream_is_one_span_with_whole_text_and_reported_usage(main: Run) -> Non
 
 
 def agent_spans(run: Run) -> tuple[sqlite3.Row, sqlite3.Row, sqlite3.Row, sqlite3.Row]:
-    spans = run.spans("agent")
+    spans = spans_of(run, "agent")
     assert [span["type"] for span in spans] == ["agent", "llm", "tool", "llm"], [dict(s) for s in spans]
     agent, first, tool, second = spans
     return agent, first, tool, second
@@ -585,13 +532,16 @@ def test_agent_llm_spans_carry_the_tool_call_and_result(main: Run) -> None:
 
 def test_agent_session_totals_are_the_two_calls(main: Run) -> None:
     _, first, _, second = agent_spans(main)
-    row = main.session("agent")
+    row = session_of(main, "agent")
     assert row["task"] == "weather agent"
     assert row["status"] == "completed"
     assert row["span_count"] == 4
     assert row["input_tokens"] == sum(reply["prompt_tokens"] for reply in AGENT_REPLIES)
     assert row["output_tokens"] == sum(reply["completion_tokens"] for reply in AGENT_REPLIES)
-    expected = sum(cost(RESPONSE_MODEL, r["prompt_tokens"], r["completion_tokens"]) for r in AGENT_REPLIES)
+    expected = sum(
+        cost(RESPONSE_MODEL, input_tokens=r["prompt_tokens"], output_tokens=r["completion_tokens"])
+        for r in AGENT_REPLIES
+    )
     assert row["cost_usd"] == pytest.approx(expected, rel=1e-9)
     assert first["cost_usd"] + second["cost_usd"] == pytest.approx(expected, rel=1e-9)
     trace = main.conn.execute("SELECT * FROM traces WHERE trace_id = ?", (first["trace_id"],)).fetchone()
@@ -607,7 +557,7 @@ def test_embeddings_span(main: Run) -> None:
         "vectors": len(EMBED_INPUTS),
         "prompt_tokens": EMBED_REPLY["prompt_tokens"],
     }
-    (span,) = main.spans("embeddings")
+    (span,) = spans_of(main, "embeddings")
     assert span["name"] == f"embeddings {EMBEDDING_MODEL}"
     assert span["type"] == "embedding"
     assert span["operation"] == "embeddings"
@@ -615,11 +565,13 @@ def test_embeddings_span(main: Run) -> None:
     assert (span["model"], span["provider"]) == (EMBEDDING_MODEL, "openai")
     assert (span["input_tokens"], span["output_tokens"]) == (EMBED_REPLY["prompt_tokens"], None)
     assert PriceTable().lookup(EMBEDDING_MODEL) is not None
-    assert span["cost_usd"] == pytest.approx(cost(EMBEDDING_MODEL, EMBED_REPLY["prompt_tokens"]), rel=1e-9)
+    assert span["cost_usd"] == pytest.approx(
+        cost(EMBEDDING_MODEL, input_tokens=EMBED_REPLY["prompt_tokens"]), rel=1e-9
+    )
     assert attrs(span)["gen_ai.embeddings.dimension.count"] == 8
     # openai-v2 2.4 records no embedding input, in any content mode.
     assert span["input_text"] is None and span["output_text"] is None
-    row = main.session("embeddings")
+    row = session_of(main, "embeddings")
     assert (row["input_tokens"], row["cost_usd"]) == (
         EMBED_REPLY["prompt_tokens"],
         pytest.approx(span["cost_usd"]),
@@ -632,7 +584,7 @@ def test_embeddings_span(main: Run) -> None:
 def test_api_error_is_recorded_and_reaches_the_app(main: Run) -> None:
     # Tracing does not swallow the exception: the application saw openai's own class.
     assert main.out["error"] == "InternalServerError"
-    (span,) = main.spans("error")
+    (span,) = spans_of(main, "error")
     assert span["type"] == "llm"
     assert span["status_code"] == "ERROR"
     assert ERROR_MESSAGE in span["status_message"]
@@ -643,7 +595,7 @@ def test_api_error_is_recorded_and_reaches_the_app(main: Run) -> None:
     assert "openai.InternalServerError" in attrs(span)["error.type"]
     assert span["input_text"] == f"system: {SYSTEM}\nuser: {ERROR_PROMPT}"
     assert span["output_text"] is None
-    row = main.session("error")
+    row = session_of(main, "error")
     assert row["error_count"] == 1
     # The errored LLM span is the root of its trace: the session is failed.
     assert row["status"] == "failed"
@@ -658,7 +610,7 @@ def test_cached_and_reasoning_tokens_are_not_reported(main: Run) -> None:
         key: CACHED_REPLY[key]
         for key in ("prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens")
     }
-    (span,) = main.spans("cached")
+    (span,) = spans_of(main, "cached")
     # ...openai-v2 2.4b0 drops them for chat completions: no usage detail attribute at all.
     assert not [key for key in attrs(span) if "cache" in key or "reasoning" in key]
     assert (span["cache_read_tokens"], span["cache_write_tokens"], span["reasoning_tokens"]) == (
@@ -671,7 +623,11 @@ def test_cached_and_reasoning_tokens_are_not_reported(main: Run) -> None:
         CACHED_REPLY["completion_tokens"],
     )
     # So the cost bills every prompt token at the full input price (an overestimate here).
-    full = cost(REASONING_RESPONSE_MODEL, CACHED_REPLY["prompt_tokens"], CACHED_REPLY["completion_tokens"])
+    full = cost(
+        REASONING_RESPONSE_MODEL,
+        input_tokens=CACHED_REPLY["prompt_tokens"],
+        output_tokens=CACHED_REPLY["completion_tokens"],
+    )
     assert span["cost_usd"] == pytest.approx(full, rel=1e-9)
     with_cache = PriceTable().cost(
         REASONING_RESPONSE_MODEL,
@@ -686,8 +642,8 @@ def test_cached_and_reasoning_tokens_are_not_reported(main: Run) -> None:
 def test_responses_api_is_not_traced(main: Run) -> None:
     # openai-v2 2.4b0 wraps chat completions and embeddings only.
     assert main.out["responses"] == RESPONSES_REPLY["content"]
-    assert main.spans("responses") == []
-    assert main.session("responses")["span_count"] == 0
+    assert spans_of(main, "responses") == []
+    assert session_of(main, "responses")["span_count"] == 0
 
 
 # -- 6. content capture modes ----------------------------------------------------------------------
@@ -698,7 +654,7 @@ def whole_file_text(conn: sqlite3.Connection) -> str:
 
 
 def test_span_only_puts_messages_on_spans_only(main: Run) -> None:
-    for span in main.llm_spans():
+    for span in llm_spans(main):
         span_attrs = attrs(span)
         assert isinstance(span_attrs["gen_ai.input.messages"], str)  # a JSON string, per the conventions
         assert span["input_text"]
@@ -707,15 +663,15 @@ def test_span_only_puts_messages_on_spans_only(main: Run) -> None:
         assert main.conn.execute("SELECT count(*) FROM logs").fetchone()[0] == 0
 
 
-def test_no_content_stores_no_prompt_anywhere(runs: dict[str, PendingRun]) -> None:
-    run = runs["NO_CONTENT"].result()
+def test_no_content_stores_no_prompt_anywhere(runs: Runs) -> None:
+    run = runs["NO_CONTENT"]
     assert run.out["capture"] == "NO_CONTENT"
     # The calls are traced all the same: types, models and tokens.
-    assert [span["type"] for span in run.spans("agent")] == ["agent", "llm", "tool", "llm"]
-    assert [span["input_tokens"] for span in run.spans("agent", "llm")] == [
+    assert [span["type"] for span in spans_of(run, "agent")] == ["agent", "llm", "tool", "llm"]
+    assert [span["input_tokens"] for span in spans_of(run, "agent", "llm")] == [
         r["prompt_tokens"] for r in AGENT_REPLIES
     ]
-    for span in run.llm_spans():
+    for span in llm_spans(run):
         assert span["input_text"] is None and span["output_text"] is None
         assert not set(MESSAGE_KEYS) & set(attrs(span))
         assert DETAILS_EVENT not in [event["name"] for event in events(span)]
@@ -729,7 +685,7 @@ def test_no_content_stores_no_prompt_anywhere(runs: dict[str, PendingRun]) -> No
 def check_event_content(run: Run, *, on_spans: bool) -> None:
     """Every chat span has its messages in input_text/output_text (from the log record) and the
     details event in its events, whatever else the mode puts on the span."""
-    chat_spans = [span for span in run.llm_spans() if span["session_id"] != run.out["sessions"]["error"]]
+    chat_spans = [span for span in llm_spans(run) if span["session_id"] != run.out["sessions"]["error"]]
     assert len(chat_spans) == 7
     for span in chat_spans:
         span_attrs = attrs(span)
@@ -744,10 +700,10 @@ def check_event_content(run: Run, *, on_spans: bool) -> None:
         else:
             assert not set(MESSAGE_KEYS) & set(span_attrs), span_attrs
 
-    (stream,) = run.spans("stream")
+    (stream,) = spans_of(run, "stream")
     assert stream["input_text"] == f"user: {STREAM_PROMPT}"
     assert stream["output_text"] == f"assistant: {STREAM_REPLY['content']}"
-    for span, reply in zip(run.spans("chat"), CHAT_REPLIES, strict=False):
+    for span, reply in zip(spans_of(run, "chat"), CHAT_REPLIES, strict=False):
         assert span["input_text"] == f"system: {SYSTEM}\nuser: {CHAT_PROMPT}"
         assert span["output_text"] == f"assistant: {reply['content']}"
     _, first, tool, second = agent_spans(run)
@@ -761,7 +717,7 @@ def check_event_content(run: Run, *, on_spans: bool) -> None:
     # Tool arguments and results are on the tool span only when content goes on spans.
     assert ("gen_ai.tool.call.result" in attrs(tool)) is on_spans
     # A failed call's record carries its prompt, and no answer.
-    (error,) = run.spans("error")
+    (error,) = spans_of(run, "error")
     assert error["status_code"] == "ERROR"
     assert error["input_text"] == f"system: {SYSTEM}\nuser: {ERROR_PROMPT}"
     assert error["output_text"] is None
@@ -777,27 +733,27 @@ def check_event_content(run: Run, *, on_spans: bool) -> None:
         ).fetchone()[0]
         assert loose == 0
     # Usage still comes from the spans and is counted once.
-    row = run.session("agent")
+    row = session_of(run, "agent")
     assert row["input_tokens"] == sum(reply["prompt_tokens"] for reply in AGENT_REPLIES)
 
 
-def test_event_only_messages_reach_the_span_from_log_records(runs: dict[str, PendingRun]) -> None:
-    run = runs["EVENT_ONLY"].result()
+def test_event_only_messages_reach_the_span_from_log_records(runs: Runs) -> None:
+    run = runs["EVENT_ONLY"]
     assert run.out["capture"] == "EVENT_ONLY"
     check_event_content(run, on_spans=False)
 
 
-def test_event_only_content_is_in_the_file_when_shutdown_returns(runs: dict[str, PendingRun]) -> None:
+def test_event_only_content_is_in_the_file_when_shutdown_returns(runs: Runs) -> None:
     # provider.shutdown() is how an application flushes before it reads the file (or exits):
     # the messages sent as log records must be there by then too, not only once the interpreter exits.
-    run = runs["EVENT_ONLY"].result()
-    spans = run.llm_spans()
+    run = runs["EVENT_ONLY"]
+    spans = llm_spans(run)
     assert len(spans) == 8 and all(span["input_text"] for span in spans)
     assert run.out["texts_after_shutdown"] == len(spans)
 
 
-def test_span_and_event_does_not_duplicate_text(runs: dict[str, PendingRun]) -> None:
-    run = runs["SPAN_AND_EVENT"].result()
+def test_span_and_event_does_not_duplicate_text(runs: Runs) -> None:
+    run = runs["SPAN_AND_EVENT"]
     assert run.out["capture"] == "SPAN_AND_EVENT"
     check_event_content(run, on_spans=True)
 
@@ -921,14 +877,10 @@ def test_opentelemetry_instrument_with_sqlite_exporters_event_only(tmp_path: Pat
 
 
 def run_single(tmp_path: Path, instrument: bool | list[str]) -> tuple[dict[str, Any], list[sqlite3.Row]]:
-    pending = PendingRun(tmp_path, "SPAN_ONLY", instrument)
-    try:
-        run = pending.result()
+    with start_app(tmp_path, "SPAN_ONLY", instrument) as run:
         return run.out, run.conn.execute(
             "SELECT * FROM spans WHERE session_id = ?", (run.out["sessions"]["chat"],)
         ).fetchall()
-    finally:
-        pending.close()
 
 
 def test_instrument_list_prefers_openinference(tmp_path: Path) -> None:
@@ -965,32 +917,11 @@ def test_genai_instrumentors_picks_openai_v2_for_openai() -> None:
 # -- the example -----------------------------------------------------------------------------------
 
 
-def load_example(name: str) -> Any:
-    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def run_example(cwd: Path, db: Path) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        [sys.executable, str(EXAMPLES / "openai_v2.py"), str(db)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=cwd,
-        env=clean_env(),
-    )
-    assert proc.returncode == 0, proc.stderr
-    return proc
-
-
 @pytest.fixture(scope="module")
 def example_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
     """``python examples/openai_v2.py example.db``, run once: its folder and what it printed."""
     folder = tmp_path_factory.mktemp("example")
-    return folder, run_example(folder, folder / "example.db")
+    return folder, run_example("openai_v2", folder / "example.db", clean_env())
 
 
 def test_example_openai_v2(example_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
@@ -1028,8 +959,9 @@ def test_example_openai_v2(example_run: tuple[Path, subprocess.CompletedProcess[
         ]
         assert session["input_tokens"] == sum(reply.prompt_tokens for reply in script)
         assert session["output_tokens"] == sum(reply.completion_tokens for reply in script[1:])
-        expected = cost(embedding["model"], script[0].prompt_tokens) + sum(
-            cost(s["model"], s["input_tokens"], s["output_tokens"]) for s in (first, second)
+        expected = cost(embedding["model"], input_tokens=script[0].prompt_tokens) + sum(
+            cost(s["model"], input_tokens=s["input_tokens"], output_tokens=s["output_tokens"])
+            for s in (first, second)
         )
         assert session["cost_usd"] == pytest.approx(expected, rel=1e-9)
         # SPAN_ONLY (configure()'s default): the conversation, the tool call and the streamed answer.
@@ -1057,7 +989,7 @@ def test_example_run_again_into_the_same_file_counts_its_own_usage(
     finally:
         source.close()
     copy.close()
-    run_example(tmp_path, db)
+    run_example("openai_v2", db, clean_env())
     conn = sqlite3.connect(db)
     try:
         rows = conn.execute(

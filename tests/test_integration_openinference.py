@@ -8,21 +8,15 @@ them started at once, see ``runs``) and the tests read the SQLite file it wrote.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
-import os
 import sqlite3
-import subprocess
-import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
+from scenarios import Run, Runs, cost, environment, load_example, start_example, start_openai_steps
 
-from otel_sqlite_exporter import PriceTable
 from otel_sqlite_exporter.fake_llm_server import ScriptedReply
 
 pytest.importorskip("openai")
@@ -37,71 +31,8 @@ EMBEDDING_MODEL = "text-embedding-3-small"
 SESSION = "conv-42"
 USER = "alice"
 REASONING_SUMMARY = "Six times seven is forty-two."
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 # The Responses API's reasoning summary needs FakeLLMServer's ScriptedReply.reasoning.
 HAS_REASONING = "reasoning" in {f.name for f in dataclasses.fields(ScriptedReply)}
-
-# The app side: runs cfg["steps"] against a FakeLLMServer scripted with cfg["replies"], each step
-# inside OpenInference's using_session()/using_user() when it names a session, and prints one
-# JSON line with what the application observed.
-APP = r"""
-import contextlib, json, sys
-import openai
-from openinference.instrumentation import using_session, using_user
-from otel_sqlite_exporter import configure
-from otel_sqlite_exporter.fake_llm_server import FakeLLMServer, ScriptedReply
-
-cfg = json.loads(sys.argv[1])
-provider = configure(cfg["db"], service_name="openinference-test", instrument=[cfg["dist"]])
-TOOLS = [{
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Current weather for a city.",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-    },
-}]
-
-def run(client, step):
-    kind, messages, model = step["call"], step.get("messages"), step.get("model", cfg["model"])
-    try:
-        if kind == "chat":
-            reply = client.chat.completions.create(model=model, messages=messages)
-            return reply.choices[0].message.content
-        if kind == "tools":
-            reply = client.chat.completions.create(model=model, messages=messages, tools=TOOLS)
-            calls = reply.choices[0].message.tool_calls
-            return [[c.id, c.function.name, c.function.arguments] for c in calls]
-        if kind == "stream":
-            stream = client.chat.completions.create(
-                model=model, messages=messages, stream=True, stream_options={"include_usage": True}
-            )
-            return "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
-        if kind == "responses":
-            reply = client.responses.create(
-                model=model, input=step["input"], reasoning={"effort": "low", "summary": "auto"}
-            )
-            summaries = [s.text for item in reply.output if item.type == "reasoning" for s in item.summary]
-            return {"text": reply.output_text, "reasoning": summaries}
-        if kind == "embed":
-            reply = client.embeddings.create(model=model, input=step["input"])
-            return len(reply.data[0].embedding)
-    except openai.APIError as exc:
-        return type(exc).__name__
-    raise ValueError(kind)
-
-out = {"results": []}
-with FakeLLMServer([ScriptedReply(**r) for r in cfg["replies"]]) as server:
-    client = openai.OpenAI(base_url=server.openai_base_url, api_key="sk-test", max_retries=0)
-    for step in cfg["steps"]:
-        with contextlib.ExitStack() as stack:
-            if step.get("session"):
-                stack.enter_context(using_session(step["session"]))
-                stack.enter_context(using_user(step["user"]))
-            out["results"].append(run(client, step))
-provider.shutdown()
-print(json.dumps(out))
-"""
 
 STEPS: list[dict[str, Any]] = [
     {
@@ -161,62 +92,9 @@ if HAS_REASONING:
 Result = tuple[dict[str, Any], sqlite3.Connection]
 
 
-def cost(model: str, **tokens: int) -> float:
-    value = PriceTable().cost(model, **tokens)
-    assert value is not None, model
-    return value
-
-
-@dataclass
-class Run:
-    """One scenario's interpreter, started in the background; ``finish()`` waits for it."""
-
-    proc: subprocess.Popen[str]
-    db: Path
-    stdout: str = ""
-    stderr: str = ""
-    _conn: sqlite3.Connection | None = None
-
-    def finish(self) -> None:
-        try:
-            self.stdout, self.stderr = self.proc.communicate(timeout=120)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.stdout, self.stderr = self.proc.communicate()
-
-    @property
-    def out(self) -> dict[str, Any]:
-        """The JSON line APP printed: what the application observed."""
-        assert self.proc.returncode == 0, self.stderr
-        return json.loads(self.stdout.strip().splitlines()[-1])
-
-    @property
-    def conn(self) -> sqlite3.Connection:
-        assert self.proc.returncode == 0, self.stderr
-        if self._conn is None:
-            self._conn = sqlite3.connect(self.db)
-            self._conn.row_factory = sqlite3.Row
-        return self._conn
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        if self._conn is not None:
-            self._conn.close()
-
-
-def start(command: list[str], db: Path, env: dict[str, str]) -> Run:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "OPENINFERENCE_"))}
-    proc = subprocess.Popen(
-        command,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**clean, "NO_COLOR": "1", **env},
-        cwd=db.parent,
-    )
-    return Run(proc, db)
+def clean_env(**values: str) -> dict[str, str]:
+    # OPENINFERENCE_* settings of the developer's would change what OpenInference records.
+    return environment("OPENINFERENCE_", NO_COLOR="1", **values)
 
 
 def start_app(
@@ -225,18 +103,22 @@ def start_app(
     replies: list[dict[str, Any]],
     env: dict[str, str] | None = None,
 ) -> Run:
-    db = tmp_path / "traces.db"
-    cfg = {"db": str(db), "dist": DIST, "model": REQUEST_MODEL, "steps": steps, "replies": replies}
-    # The anthropic instrumentation has nothing to trace here; skipping it spares importing anthropic.
-    env = {"OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "anthropic", **(env or {})}
-    return start([sys.executable, "-c", APP, json.dumps(cfg)], db, env)
+    """The steps played by one app, each call traced by OpenInference."""
+    return start_openai_steps(
+        tmp_path,
+        clean_env(**(env or {})),
+        dist=DIST,
+        service_name="openinference-test",
+        model=REQUEST_MODEL,
+        steps=steps,
+        replies=replies,
+    )
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Run]]:
-    """Every scenario of this module, each in its own interpreter, started at once, then awaited."""
-    started: dict[str, Run] = {}
-    try:
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
+    """Every scenario of this module, each in its own interpreter, started at once."""
+    with Runs() as started:
         started["full"] = start_app(tmp_path_factory.mktemp("full"), STEPS, REPLIES)
         started["hidden"] = start_app(
             tmp_path_factory.mktemp("hidden"),
@@ -252,26 +134,18 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Run]]:
         )
         if HAS_REASONING:
             db = tmp_path_factory.mktemp("example") / "example.db"
-            started["example"] = start(
-                [sys.executable, str(EXAMPLES / "openinference_openai.py"), str(db)], db, {}
-            )
-        for run in started.values():
-            run.finish()
+            started["example"] = start_example("openinference_openai", db, clean_env())
         yield started
-    finally:
-        for run in started.values():
-            run.close()
 
 
 @pytest.fixture(scope="module")
-def run(runs: dict[str, Run]) -> Result:
+def run(runs: Runs) -> Result:
     return runs["full"].out, runs["full"].conn
 
 
 @pytest.fixture(scope="module")
-def spans(run: Result) -> dict[str, sqlite3.Row]:
-    _, conn = run
-    rows = conn.execute("SELECT * FROM spans ORDER BY start_time_unix_nano").fetchall()
+def spans(runs: Runs) -> dict[str, sqlite3.Row]:
+    rows = runs["full"].spans()
     # One span per call: OpenInference alone traced the client (not openai-v2, not OpenLLMetry).
     assert len(rows) == len(STEPS), [(r["name"], r["scope_name"]) for r in rows]
     assert {r["scope_name"] for r in rows} == {SCOPE}
@@ -284,7 +158,8 @@ def attributes(span: sqlite3.Row) -> dict[str, Any]:
 
 def test_one_openinference_span_per_call(run: Result, spans: dict[str, sqlite3.Row]) -> None:
     out, _ = run
-    assert out["results"][:3] == [
+    chat, stream, tools = out["results"][:3]
+    assert [chat, stream["text"], tools] == [
         "Hi there!",
         "One two three four five",
         [["call_1", "get_weather", '{"city": "Paris"}']],
@@ -346,7 +221,7 @@ def test_session_and_user_from_using_session(run: Result, spans: dict[str, sqlit
 
 def test_stream(run: Result, spans: dict[str, sqlite3.Row]) -> None:
     out, _ = run
-    assert out["results"][1] == "One two three four five"
+    assert out["results"][1]["text"] == "One two three four five"
     span = spans["stream"]
     assert span["type"] == "llm"
     assert span["status_code"] != "ERROR"
@@ -418,7 +293,7 @@ def test_responses_reasoning_summary(run: Result, spans: dict[str, sqlite3.Row])
 # -- OpenInference's own settings -----------------------------------------------------------------
 
 
-def test_hide_inputs_and_outputs_keeps_content_out(runs: dict[str, Run]) -> None:
+def test_hide_inputs_and_outputs_keeps_content_out(runs: Runs) -> None:
     out, conn = runs["hidden"].out, runs["hidden"].conn
     assert out["results"] == ["Hi there!"]
     (span,) = conn.execute("SELECT * FROM spans").fetchall()
@@ -432,7 +307,7 @@ def test_hide_inputs_and_outputs_keeps_content_out(runs: dict[str, Run]) -> None
     assert span["session_id"] == SESSION
 
 
-def test_genai_semconv_alongside_openinference_counts_once(runs: dict[str, Run]) -> None:
+def test_genai_semconv_alongside_openinference_counts_once(runs: Runs) -> None:
     # OPENINFERENCE_ENABLE_GENAI_SEMCONV adds the OpenTelemetry GenAI attributes to the same span.
     out, conn = runs["genai_semconv"].out, runs["genai_semconv"].conn
     assert out["results"] == ["Hi there!"]
@@ -454,18 +329,8 @@ def test_genai_semconv_alongside_openinference_counts_once(runs: dict[str, Run])
 # -- examples/openinference_openai.py, run as a user runs it ----------------------------------------
 
 
-def load_example(name: str) -> ModuleType:
-    """Import an example as a module (its main() does not run) to read what it scripts."""
-    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.skipif(not HAS_REASONING, reason="FakeLLMServer has no Responses API reasoning summary")
-def test_example(runs: dict[str, Run]) -> None:
+def test_example(runs: Runs) -> None:
     """examples/openinference_openai.py, run as a user runs it (started with the other scenarios)."""
     example = load_example("openinference_openai")
     run = runs["example"]
@@ -482,7 +347,7 @@ def test_example(runs: dict[str, Run]) -> None:
     assert session["session_id"] in stdout
     assert session["user_id"] == example.USER_ID
     assert session["status"] == "completed"
-    spans = conn.execute("SELECT * FROM spans ORDER BY start_time_unix_nano").fetchall()
+    spans = run.spans()
     assert [s["type"] for s in spans] == ["agent", "llm", "tool", "llm", "llm", "llm"]
     assert {s["session_id"] for s in spans} == {session["session_id"]}
     agent = spans[0]

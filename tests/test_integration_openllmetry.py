@@ -8,21 +8,15 @@ them started at once, see ``runs``) and the tests read the SQLite file it wrote.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
-import os
 import sqlite3
-import subprocess
-import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
+from scenarios import Run, Runs, cost, environment, load_example, start_example, start_openai_steps
 
-from otel_sqlite_exporter import PriceTable
 from otel_sqlite_exporter.fake_llm_server import ScriptedReply
 
 pytest.importorskip("openai")
@@ -34,70 +28,10 @@ REQUEST_MODEL = "gpt-4o-mini"
 RESPONSE_MODEL = "gpt-4o-mini-2024-07-18"
 EMBEDDING_MODEL = "text-embedding-3-small"
 CHUNK_EVENT = "gen_ai.content.completion.chunk"
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 REASONING_MODEL = "o4-mini"
 REASONING_SUMMARY = "Six times seven is forty-two."
 # The Responses API's reasoning summary needs FakeLLMServer's ScriptedReply.reasoning.
 HAS_REASONING = "reasoning" in {f.name for f in dataclasses.fields(ScriptedReply)}
-
-# The app side of every scenario: runs cfg["steps"] against a FakeLLMServer scripted with
-# cfg["replies"] and prints one JSON line with what the application observed.
-APP = r"""
-import json, os, sys
-import openai
-from otel_sqlite_exporter import configure, session
-from otel_sqlite_exporter.fake_llm_server import FakeLLMServer, ScriptedReply
-
-cfg = json.loads(sys.argv[1])
-provider = configure(cfg["db"], service_name="openllmetry-test", instrument=[cfg["dist"]], **cfg["options"])
-TOOLS = [{
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Current weather for a city.",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-    },
-}]
-
-def run(client, step):
-    kind, messages = step["call"], step.get("messages")
-    try:
-        if kind == "chat":
-            reply = client.chat.completions.create(model=cfg["model"], messages=messages)
-            return reply.choices[0].message.content
-        if kind == "tools":
-            reply = client.chat.completions.create(model=cfg["model"], messages=messages, tools=TOOLS)
-            calls = reply.choices[0].message.tool_calls
-            return [[c.id, c.function.name, c.function.arguments] for c in calls]
-        if kind == "stream":
-            stream = client.chat.completions.create(
-                model=cfg["model"], messages=messages, stream=True, stream_options={"include_usage": True}
-            )
-            chunks = list(stream)
-            text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-            return {"text": text, "chunks": len(chunks)}
-        if kind == "responses":
-            reply = client.responses.create(
-                model=step["model"], input=step["input"], reasoning={"effort": "low", "summary": "auto"}
-            )
-            return reply.output_text
-        if kind == "embed":
-            reply = client.embeddings.create(model=step["model"], input=step["input"])
-            return len(reply.data[0].embedding)
-    except openai.APIError as exc:
-        return type(exc).__name__
-    raise ValueError(kind)
-
-out = {"results": []}
-with FakeLLMServer([ScriptedReply(**r) for r in cfg["replies"]]) as server:
-    client = openai.OpenAI(base_url=server.openai_base_url, api_key="sk-test", max_retries=0)
-    with session(task="openllmetry scenario", user_id="alice") as s:
-        out["session_id"] = s.session_id
-        for step in cfg["steps"]:
-            out["results"].append(run(client, step))
-provider.shutdown()
-print(json.dumps(out))
-"""
 
 SAY_HI = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hi"}]
 COUNT = [{"role": "user", "content": "Count to five"}]
@@ -107,56 +41,9 @@ FAIL = [{"role": "user", "content": "Fail please"}]
 Result = tuple[dict[str, Any], sqlite3.Connection]
 
 
-@dataclass
-class Run:
-    """One scenario's interpreter, started in the background; ``finish()`` waits for it."""
-
-    proc: subprocess.Popen[str]
-    db: Path
-    stdout: str = ""
-    stderr: str = ""
-    _conn: sqlite3.Connection | None = None
-
-    def finish(self) -> None:
-        try:
-            self.stdout, self.stderr = self.proc.communicate(timeout=120)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.stdout, self.stderr = self.proc.communicate()
-
-    @property
-    def out(self) -> dict[str, Any]:
-        """The JSON line APP printed: what the application observed."""
-        assert self.proc.returncode == 0, self.stderr
-        return json.loads(self.stdout.strip().splitlines()[-1])
-
-    @property
-    def conn(self) -> sqlite3.Connection:
-        assert self.proc.returncode == 0, self.stderr
-        if self._conn is None:
-            self._conn = sqlite3.connect(self.db)
-            self._conn.row_factory = sqlite3.Row
-        return self._conn
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        if self._conn is not None:
-            self._conn.close()
-
-
-def start(command: list[str], db: Path, env: dict[str, str]) -> Run:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "TRACELOOP_"))}
-    proc = subprocess.Popen(
-        command,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**clean, "NO_COLOR": "1", **env},
-        cwd=db.parent,
-    )
-    return Run(proc, db)
+def clean_env(**values: str) -> dict[str, str]:
+    # TRACELOOP_* settings of the developer's would change what OpenLLMetry records.
+    return environment("TRACELOOP_", NO_COLOR="1", **values)
 
 
 def start_app(
@@ -167,25 +54,24 @@ def start_app(
     env: dict[str, str] | None = None,
     options: dict[str, Any] | None = None,
 ) -> Run:
-    db = tmp_path / "traces.db"
-    cfg = {
-        "db": str(db),
-        "dist": DIST,
-        "model": REQUEST_MODEL,
-        "steps": steps,
-        "replies": replies,
-        "options": options or {},
-    }
-    # The anthropic instrumentation has nothing to trace here; skipping it spares importing anthropic.
-    env = {"OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "anthropic", **(env or {})}
-    return start([sys.executable, "-c", APP, json.dumps(cfg)], db, env)
+    """The steps played by one app, all in one session, each call traced by OpenLLMetry."""
+    return start_openai_steps(
+        tmp_path,
+        clean_env(**(env or {})),
+        dist=DIST,
+        service_name="openllmetry-test",
+        model=REQUEST_MODEL,
+        steps=steps,
+        replies=replies,
+        session={"task": "openllmetry scenario", "user_id": "alice"},
+        options=options,
+    )
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Run]]:
-    """Every scenario of this module, each in its own interpreter, started at once, then awaited."""
-    started: dict[str, Run] = {}
-    try:
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
+    """Every scenario of this module, each in its own interpreter, started at once."""
+    with Runs() as started:
         started["full"] = start_app(tmp_path_factory.mktemp("full"), FULL_STEPS, FULL_REPLIES)
         started["trace_content_off"] = start_app(
             tmp_path_factory.mktemp("trace_content_off"),
@@ -201,23 +87,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Run]]:
             options={"capture_content": False},
         )
         db = tmp_path_factory.mktemp("example") / "example.db"
-        started["example"] = start([sys.executable, str(EXAMPLES / "openllmetry_openai.py"), str(db)], db, {})
-        for run in started.values():
-            run.finish()
+        started["example"] = start_example("openllmetry_openai", db, clean_env())
         yield started
-    finally:
-        for run in started.values():
-            run.close()
-
-
-def spans_in_order(conn: sqlite3.Connection) -> list[sqlite3.Row]:
-    return conn.execute("SELECT * FROM spans ORDER BY start_time_unix_nano").fetchall()
-
-
-def cost(model: str, **tokens: int) -> float:
-    value = PriceTable().cost(model, **tokens)
-    assert value is not None, model
-    return value
 
 
 # -- content captured (TRACELOOP_TRACE_CONTENT unset: OpenLLMetry's default is on) -----------------
@@ -263,14 +134,13 @@ if HAS_REASONING:
 
 
 @pytest.fixture(scope="module")
-def full_run(runs: dict[str, Run]) -> Result:
+def full_run(runs: Runs) -> Result:
     return runs["full"].out, runs["full"].conn
 
 
 @pytest.fixture(scope="module")
-def full_spans(full_run: Result) -> dict[str, sqlite3.Row]:
-    _, conn = full_run
-    spans = spans_in_order(conn)
+def full_spans(runs: Runs) -> dict[str, sqlite3.Row]:
+    spans = runs["full"].spans()
     # One span per call: OpenLLMetry alone traced the client (not openai-v2, not OpenInference).
     assert len(spans) == len(FULL_STEPS), [(s["name"], s["scope_name"]) for s in spans]
     assert {s["scope_name"] for s in spans} == {SCOPE}
@@ -418,7 +288,7 @@ def test_session_rollup(full_run: Result, full_spans: dict[str, sqlite3.Row]) ->
 @pytest.mark.skipif(not HAS_REASONING, reason="FakeLLMServer has no Responses API reasoning summary")
 def test_responses_reasoning_summary(full_run: Result, full_spans: dict[str, sqlite3.Row]) -> None:
     out, _ = full_run
-    assert out["results"][5] == "42."
+    assert out["results"][5]["text"] == "42."
     span = full_spans["responses"]
     assert span["name"] == "openai.response"
     assert span["type"] == "llm"
@@ -464,10 +334,9 @@ def assert_no_content(spans: list[sqlite3.Row]) -> None:
             assert token not in (span["attributes"] + (span["events"] or ""))
 
 
-def test_traceloop_trace_content_false_records_no_content(runs: dict[str, Run]) -> None:
-    out, conn = runs["trace_content_off"].out, runs["trace_content_off"].conn
+def test_traceloop_trace_content_false_records_no_content(runs: Runs) -> None:
+    out, spans = runs["trace_content_off"].out, runs["trace_content_off"].spans()
     assert out["results"][0] == "Hi there!"
-    spans = spans_in_order(conn)
     assert_no_content(spans)
     # The stream's chunk events carry no content and are still stored as one.
     chunk_events = [e for e in json.loads(spans[1]["events"]) if e["name"] == CHUNK_EVENT]
@@ -475,28 +344,18 @@ def test_traceloop_trace_content_false_records_no_content(runs: dict[str, Run]) 
     assert chunk_events[0]["attributes"]["chunk_count"] == out["results"][1]["chunks"]
 
 
-def test_capture_content_false_drops_what_openllmetry_records(runs: dict[str, Run]) -> None:
+def test_capture_content_false_drops_what_openllmetry_records(runs: Runs) -> None:
     # OpenLLMetry records content by default (TRACELOOP_TRACE_CONTENT=true here);
     # configure(capture_content=False) keeps it out of the file.
-    out, conn = runs["capture_content_off"].out, runs["capture_content_off"].conn
+    out = runs["capture_content_off"].out
     assert out["results"][1]["text"] == "One two three four five"
-    assert_no_content(spans_in_order(conn))
+    assert_no_content(runs["capture_content_off"].spans())
 
 
 # -- examples/openllmetry_openai.py, run as a user runs it ------------------------------------------
 
 
-def load_example(name: str) -> ModuleType:
-    """Import an example as a module (its main() does not run) to read what it scripts."""
-    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_example(runs: dict[str, Run]) -> None:
+def test_example(runs: Runs) -> None:
     """examples/openllmetry_openai.py, run as a user runs it (started with the other scenarios)."""
     example = load_example("openllmetry_openai")
     run = runs["example"]
@@ -511,7 +370,7 @@ def test_example(runs: dict[str, Run]) -> None:
     assert session["task"] == "Is it picnic weather in Paris this afternoon?"
     assert session["user_id"] == "demo-user"
     assert session["status"] == "completed"
-    spans = spans_in_order(conn)
+    spans = run.spans()
     assert [s["type"] for s in spans] == ["workflow", "llm", "tool", "llm", "llm", "embedding"]
     workflow = spans[0]
     assert all(s["parent_span_id"] == workflow["span_id"] for s in spans[1:])
