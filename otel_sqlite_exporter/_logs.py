@@ -15,15 +15,16 @@ import sqlite3
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from functools import partial
 from types import SimpleNamespace
 from typing import Any
 
 from otel_sqlite_exporter._config import Options
 from otel_sqlite_exporter._content import CONTENT_EVENTS, NO_TEXT, Texts, events_text, is_content_key
-from otel_sqlite_exporter._normalize import to_json
+from otel_sqlite_exporter._normalize import SpanMapper, to_json
 from otel_sqlite_exporter._redact import Redactor
 from otel_sqlite_exporter._schema import connect
-from otel_sqlite_exporter._writer import DELETE_MERGED_CONTENT, MERGE_PENDING_CONTENT
+from otel_sqlite_exporter._writer import DELETE_MERGED_CONTENT, MERGE_PENDING_CONTENT, store_resource
 
 logger = logging.getLogger("otel_sqlite_exporter")
 
@@ -47,8 +48,8 @@ class LogWriter:
         self._capture = options.capture_content
         self._limit = options.max_content_length
         self._redactor = Redactor.from_options(options)
-        # Keyed by id(); the Resource is kept in the value so the id cannot be reused while cached.
-        self._resources: dict[int, tuple[Any, int]] = {}
+        # Resources are stored (redacted, cached) the way span rows store them.
+        self._mapper = SpanMapper(options, partial(store_resource, self._conn))
         self._lock = threading.Lock()
 
     def write(self, records: Sequence[Any]) -> None:
@@ -139,34 +140,10 @@ class LogWriter:
             name,
             body if body is None or isinstance(body, str) else to_json(body),
             to_json(attributes) if attributes else None,
-            self._resource_id(resource),
+            self._mapper.resource_id(resource),
             None if scope is None else scope.name,
             None if scope is None else scope.version,
         )
-
-    def _resource_id(self, resource: Any) -> int | None:
-        if resource is None:
-            return None
-        cached = self._resources.get(id(resource))
-        if cached is not None and cached[0] is resource:
-            return cached[1]
-        attributes = dict(resource.attributes)
-        if self._redactor is not None:
-            attributes = self._redactor.attributes(attributes)
-        service = attributes.get("service.name")
-        key = (to_json(attributes), getattr(resource, "schema_url", None) or "")
-        # A resource row is harmless on its own: it commits at once, outside the batch.
-        self._conn.execute(
-            "INSERT OR IGNORE INTO resources (attributes, schema_url, service_name) VALUES (?, ?, ?)",
-            (*key, None if service is None else str(service)),
-        )
-        (rid,) = self._conn.execute(
-            "SELECT resource_id FROM resources WHERE attributes = ? AND schema_url = ?", key
-        ).fetchone()
-        if len(self._resources) > 256:
-            self._resources.clear()
-        self._resources[id(resource)] = (resource, rid)
-        return int(rid)
 
     def close(self) -> None:
         with self._lock:

