@@ -16,9 +16,11 @@ import json
 import math
 import os
 import re
+import signal
 import sqlite3
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta, timezone
 from typing import IO, Any, NoReturn
@@ -305,15 +307,24 @@ def _cmd_stats(store: TraceStore, args: argparse.Namespace, out: _Output) -> int
 
 
 def _cmd_tail(store: TraceStore, args: argparse.Namespace, out: _Output) -> int:
-    follow = store.follow(session_id=args.session, backlog=args.lines, interval_seconds=args.interval)
-    for entry in follow:
-        if args.json:
-            event = "start" if entry.end_time is None else "end"
-            line = json.dumps({"event": event, **entry.to_dict()}, ensure_ascii=False)
-        else:
-            line = _render.tail_line(entry, out.style, with_session=args.session is None)
-        # Flushed line by line: whoever reads a pipe sees each span as it happens.
-        out.line(line, flush=True)
+    # Ctrl-C (or a SIGINT from timeout(1)) ends the follow at its next look, whatever the command
+    # is doing at that moment, instead of raising wherever it lands.
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        follow = store.follow(
+            session_id=args.session, backlog=args.lines, interval_seconds=args.interval, stop=stop
+        )
+        for entry in follow:
+            if args.json:
+                event = "start" if entry.end_time is None else "end"
+                line = json.dumps({"event": event, **entry.to_dict()}, ensure_ascii=False)
+            else:
+                line = _render.tail_line(entry, out.style, with_session=args.session is None)
+            # Flushed line by line: whoever reads a pipe sees each span as it happens.
+            out.line(line, flush=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     return EXIT_OK
 
 
