@@ -65,6 +65,14 @@ def is_content_key(key: str) -> bool:
     return key in CONTENT_KEYS or key.startswith(CONTENT_PREFIXES)
 
 
+def without_content(event_attributes: Mapping[str, Any]) -> dict[str, Any]:
+    """An event's attributes without the messages it carries (content capture off): the content
+    keys, and the per-message events' ``content`` and ``message``."""
+    return {
+        k: v for k, v in event_attributes.items() if not is_content_key(k) and k not in ("content", "message")
+    }
+
+
 # Keys present on every span that carries flattened messages (they start at index 0), and on every
 # span that carries content: checking them spares the full scan on the spans that carry none.
 _FLAT_MARKERS = frozenset(

@@ -10,7 +10,6 @@ trace and span id.
 
 from __future__ import annotations
 
-import logging
 import sqlite3
 import threading
 import time
@@ -20,13 +19,10 @@ from types import SimpleNamespace
 from typing import Any
 
 from otel_sqlite_exporter._config import Options
-from otel_sqlite_exporter._content import CONTENT_EVENTS, NO_TEXT, Texts, events_text, is_content_key
+from otel_sqlite_exporter._content import CONTENT_EVENTS, NO_TEXT, Texts, events_text, without_content
 from otel_sqlite_exporter._normalize import SpanMapper, to_json
-from otel_sqlite_exporter._redact import Redactor
 from otel_sqlite_exporter._schema import connect
 from otel_sqlite_exporter._writer import DELETE_MERGED_CONTENT, MERGE_PENDING_CONTENT, store_resource
-
-logger = logging.getLogger("otel_sqlite_exporter")
 
 _INSERT_PENDING = """INSERT INTO pending_content
     (trace_id, span_id, received_unix_nano, input_text, output_text, reasoning_text, event)
@@ -43,13 +39,12 @@ class LogWriter:
     """Owns one connection to a trace file and writes batches of log records, one transaction each."""
 
     def __init__(self, options: Options) -> None:
-        self.path = options.path
         self._conn = connect(options.path, busy_timeout_millis=options.busy_timeout_millis)
         self._capture = options.capture_content
         self._limit = options.max_content_length
-        self._redactor = Redactor.from_options(options)
         # Resources are stored (redacted, cached) the way span rows store them.
         self._mapper = SpanMapper(options, partial(store_resource, self._conn))
+        self._redactor = self._mapper.redactor
         self._lock = threading.Lock()
 
     def write(self, records: Sequence[Any]) -> None:
@@ -102,11 +97,7 @@ class LogWriter:
             texts = events_text([SimpleNamespace(name=name, attributes=attributes)])
         else:
             texts = NO_TEXT
-            attributes = {
-                k: v
-                for k, v in attributes.items()
-                if not is_content_key(k) and k not in ("content", "message")
-            }
+            attributes = without_content(attributes)
         if self._redactor is not None:
             attributes = self._redactor.attributes(attributes)
             texts = Texts(*(None if t is None else self._redactor.text(t) for t in texts))

@@ -22,7 +22,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind
 
 from otel_sqlite_exporter._config import Options
-from otel_sqlite_exporter._content import NO_TEXT, extract_text, is_content_key
+from otel_sqlite_exporter._content import NO_TEXT, extract_text, is_content_key, without_content
 from otel_sqlite_exporter._redact import REDACTION_FAILED, Redactor, Rule, secret_value, walk
 
 logger = logging.getLogger("otel_sqlite_exporter")
@@ -201,6 +201,11 @@ class SpanMapper:
         self._resources: dict[int, tuple[Any, int | None]] = {}
         self._redactor = Redactor.from_options(options)
         self._failures = 0
+
+    @property
+    def redactor(self) -> Redactor | None:
+        """The redaction this mapper applies (None with ``redact=False`` and no patterns)."""
+        return self._redactor
 
     def row(self, span: ReadableSpan) -> list[Any]:
         # The hottest Python in the package: it shares the GIL with the traced application.
@@ -413,9 +418,7 @@ def _events(events: Sequence[Any], capture: bool, redactor: Redactor | None = No
     for event in _consolidated(events) if len(events) > 1 else events:
         attrs = dict(event.attributes or {})
         if not capture:
-            attrs = {
-                k: v for k, v in attrs.items() if not is_content_key(k) and k not in ("content", "message")
-            }
+            attrs = without_content(attrs)
         if redactor is not None and attrs:
             attrs = dict(redactor.secret_attributes(attrs))
         out.append({"name": event.name, "time_unix_nano": event.timestamp, "attributes": attrs})

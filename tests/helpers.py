@@ -25,6 +25,16 @@ def query(path: Path, sql: str, params: Sequence[object] = ()) -> list[tuple]:
         conn.close()
 
 
+def write_foreign_database(path: Path, user_version: int) -> None:
+    """A SQLite database of another application, with ``user_version`` set as it sets it."""
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT)")
+    conn.execute("INSERT INTO customers (name) VALUES ('ada')")
+    conn.execute(f"PRAGMA user_version = {user_version}")
+    conn.commit()
+    conn.close()
+
+
 def sha256(path: Path) -> str:
     # Reading a trace file through a descriptor of its own drops this process's SQLite locks on it
     # when the descriptor closes: only for files no connection in this process has open.

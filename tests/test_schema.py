@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-from helpers import query, sha256
+from helpers import query, sha256, write_foreign_database
 from opentelemetry.sdk.trace import TracerProvider
 
 import otel_sqlite_exporter
@@ -439,12 +439,7 @@ def test_text_file_is_refused_untouched(tmp_path: Path) -> None:
 @pytest.mark.parametrize("user_version", [0, 7])
 def test_other_applications_database_is_refused_untouched(tmp_path: Path, user_version: int) -> None:
     path = tmp_path / "app.db"
-    conn = sqlite3.connect(path)
-    conn.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT)")
-    conn.execute("INSERT INTO customers (name) VALUES ('ada')")
-    conn.execute(f"PRAGMA user_version = {user_version}")
-    conn.commit()
-    conn.close()
+    write_foreign_database(path, user_version)
     before = sha256(path)
     with pytest.raises(NotATraceFileError) as info:
         connect(str(path))

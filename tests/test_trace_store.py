@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import Tracing, query, sha256, start_tracing
+from helpers import Tracing, query, sha256, start_tracing, write_foreign_database
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -249,12 +249,7 @@ def test_a_file_that_is_not_sqlite_is_refused_untouched(tmp_path: Path) -> None:
 @pytest.mark.parametrize("user_version", [0, 5])
 def test_another_applications_sqlite_file_is_refused_untouched(tmp_path: Path, user_version: int) -> None:
     path = tmp_path / "app.db"
-    conn = sqlite3.connect(path)
-    conn.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT)")
-    conn.execute("INSERT INTO customers (name) VALUES ('ada')")
-    conn.execute(f"PRAGMA user_version = {user_version}")
-    conn.commit()
-    conn.close()
+    write_foreign_database(path, user_version)
     before = sha256(path)
     with pytest.raises(NotATraceFileError, match="another application"):
         TraceStore(path)
