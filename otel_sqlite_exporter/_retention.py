@@ -953,6 +953,28 @@ def _size_of(path: str) -> int:
         return 0
 
 
+def interrupt_dead_sessions(conn: sqlite3.Connection, host: str) -> int:
+    """Mark interrupted the running sessions whose writing process, on this host, has died (a crash
+    or a kill): their open spans then read as interrupted at once, not after ``stale_after_seconds``.
+    Each is marked only if it is unchanged since it was read. Returns how many were marked."""
+    me = os.getpid()
+    dead = [
+        (session_id, pid, host)
+        for session_id, pid in conn.execute(
+            "SELECT session_id, owner_pid FROM sessions WHERE status = 'running' AND owner_host = ?", (host,)
+        ).fetchall()
+        if isinstance(pid, int) and pid != me and not process_alive(pid)
+    ]
+    if not dead:
+        return 0
+    conn.executemany(
+        "UPDATE sessions SET status = 'interrupted' WHERE session_id = ? AND status = 'running' "
+        "AND owner_pid = ? AND owner_host = ?",
+        dead,
+    )
+    return len(dead)
+
+
 def process_alive(pid: int) -> bool:
     """Whether process ``pid`` of this host still runs (a zombie does not; unknown means alive)."""
     if pid <= 0 or os.name == "nt":

@@ -44,6 +44,7 @@ from otel_sqlite_exporter._normalize import (
     to_json,
 )
 from otel_sqlite_exporter._pricing import PriceTable
+from otel_sqlite_exporter._retention import interrupt_dead_sessions
 from otel_sqlite_exporter._schema import connect
 
 logger = logging.getLogger("otel_sqlite_exporter")
@@ -587,9 +588,11 @@ class TraceWriter:
         # page rewritten by many batches is then copied back into the file once.
         self._conn.execute("PRAGMA wal_autocheckpoint = 0")
         self._conn.executemany("INSERT INTO temp.attribute_keys VALUES (?, ?, ?, ?)", attribute_key_rows())
-        self._conn.execute(
-            "INSERT INTO temp.writer_identity VALUES (?, ?)", (os.getpid(), socket.gethostname())
-        )
+        host = socket.gethostname()
+        self._conn.execute("INSERT INTO temp.writer_identity VALUES (?, ?)", (os.getpid(), host))
+        # A process that crashed while writing this file left its sessions running: a new writer
+        # says so at once (the sweeper would only after stale_after_seconds, if it runs at all).
+        interrupt_dead_sessions(self._conn, host)
         if options.retention_days is not None:
             self._conn.execute(
                 "INSERT INTO settings (key, value) VALUES ('retention_days', ?) "

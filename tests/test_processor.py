@@ -24,7 +24,13 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from otel_sqlite_exporter import ConfigurationError, Options, SQLiteSpanExporter, SQLiteSpanProcessor
+from otel_sqlite_exporter import (
+    ConfigurationError,
+    Options,
+    SQLiteSpanExporter,
+    SQLiteSpanProcessor,
+    TraceStore,
+)
 
 LOGGER = "otel_sqlite_exporter"
 REASON = re.compile(r"cannot|unable|not a directory|read-only|readonly", re.IGNORECASE)
@@ -259,10 +265,8 @@ def test_sigkill_leaves_started_spans_on_disk(db: Path) -> None:
     }
     assert query(db, "PRAGMA integrity_check") == [("ok",)]
     assert query(db, "SELECT count(DISTINCT session_id) FROM spans") == [(1,)]
-    [(task, status)] = query(db, "SELECT task, status FROM sessions")
-    assert task == "doomed"
-    assert status in ("running", "interrupted")
-    # The file stays usable: a new process writes into it.
+    assert query(db, "SELECT task, status FROM sessions") == [("doomed", "running")]
+    # The file stays usable: a new writer marks the dead process's session interrupted and writes on.
     processor = SQLiteSpanProcessor(db)
     provider, tracer = tracer_for(processor)
     with tracer.start_as_current_span("after the crash"):
@@ -270,6 +274,17 @@ def test_sigkill_leaves_started_spans_on_disk(db: Path) -> None:
     provider.shutdown()
     assert query(db, "SELECT count(*) FROM spans") == [(7,)]
     assert query(db, "PRAGMA integrity_check") == [("ok",)]
+    with TraceStore(db) as store:
+        assert {(s.task, s.status) for s in store.get_sessions()} == {
+            ("doomed", "interrupted"),
+            (None, "completed"),
+        }
+        assert sorted(e.name for e in store.get_traces(status="interrupted")) == [
+            "agent run",
+            "llm call in flight",
+            "tool in flight",
+        ]
+        assert store.get_traces(status="running") == []
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
