@@ -27,6 +27,7 @@ ENV_MAX_QUEUE_SIZE = "OTEL_EXPORTER_SQLITE_MAX_QUEUE_SIZE"
 ENV_MAX_BATCH_SIZE = "OTEL_EXPORTER_SQLITE_MAX_BATCH_SIZE"
 ENV_SCHEDULE_DELAY = "OTEL_EXPORTER_SQLITE_SCHEDULE_DELAY_MILLIS"
 ENV_BUSY_TIMEOUT = "OTEL_EXPORTER_SQLITE_BUSY_TIMEOUT_MILLIS"
+ENV_SHUTDOWN_TIMEOUT = "OTEL_EXPORTER_SQLITE_SHUTDOWN_TIMEOUT_MILLIS"
 ENV_MAX_DB_BYTES = "OTEL_EXPORTER_SQLITE_MAX_DB_BYTES"
 ENV_SWEEP_INTERVAL = "OTEL_EXPORTER_SQLITE_SWEEP_INTERVAL_SECONDS"
 ENV_STALE_AFTER = "OTEL_EXPORTER_SQLITE_STALE_AFTER_SECONDS"
@@ -59,6 +60,9 @@ class Options:
     schedule_delay_millis: int = 200
     #: How long a write waits for another process's transaction before it counts as failed.
     busy_timeout_millis: int = 10_000
+    #: The longest shutdown() waits for what is queued to be written; what is left then is counted
+    #: as dropped, and the process may exit.
+    shutdown_timeout_millis: int = 30_000
     #: Oldest sessions are swept until the file is under this size; None sets no cap.
     max_db_bytes: int | None = None
     #: How often the retention sweeper runs (it runs only when retention_days or max_db_bytes is set).
@@ -177,6 +181,7 @@ _SCALARS = (
     ("max_batch_size", ENV_MAX_BATCH_SIZE, _int(1)),
     ("schedule_delay_millis", ENV_SCHEDULE_DELAY, _int(1)),
     ("busy_timeout_millis", ENV_BUSY_TIMEOUT, _int(0)),
+    ("shutdown_timeout_millis", ENV_SHUTDOWN_TIMEOUT, _int(0)),
     ("max_db_bytes", ENV_MAX_DB_BYTES, parse_size),
     ("sweep_interval_seconds", ENV_SWEEP_INTERVAL, _number(0.01)),
     ("stale_after_seconds", ENV_STALE_AFTER, _number(0)),

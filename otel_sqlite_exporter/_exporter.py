@@ -58,10 +58,16 @@ class SQLiteSpanExporter(SpanExporter):
         try:
             with self._lock:
                 try:
-                    self._open().write(spans, marks=marks)
+                    writer = self._open()
+                    payload = writer.prepare(spans)
+                    writer.commit([payload] if payload is not None else [], marks=marks)
                 except Exception as exc:  # noqa: BLE001 - the exporter contract forbids raising
                     self._health.failure(exc, lost=len(spans))
                     return SpanExportResult.FAILURE
+                try:
+                    writer.checkpoint(idle=False)
+                except Exception as exc:  # noqa: BLE001 - committed: a checkpoint can wait for the next one
+                    self._health.failure(exc, lost=0)
         finally:
             # Outside the lock: a callback may itself end spans that reach this exporter.
             if alerts:
@@ -113,6 +119,18 @@ class SQLiteSpanExporter(SpanExporter):
         self._writer = None
 
     def _open(self) -> TraceWriter:
+        # Before each export (one stat): a file removed or replaced is left, and the path opened anew.
+        writer = self._writer
+        if writer is not None and writer.replaced():
+            self._writer = None
+            self._health.file_replaced()
+            # A file moved away keeps what was written: its log, which SQLite leaves under the old
+            # name when the file has moved, is copied into it first. Closing deletes nothing at the path.
+            try:
+                writer.checkpoint(idle=True)
+            except Exception as exc:  # noqa: BLE001 - the old file may be beyond reach
+                self._health.failure(exc, lost=0)
+            writer.close()
         if self._writer is None:
             self._writer = TraceWriter(self.options)
             if self._sweeper is not None:

@@ -25,7 +25,7 @@ from otel_sqlite_exporter import _session
 from otel_sqlite_exporter._budget import BudgetMark, BudgetTracker
 from otel_sqlite_exporter._config import Options
 from otel_sqlite_exporter._fork import on_fork
-from otel_sqlite_exporter._health import WriteHealth, abandon
+from otel_sqlite_exporter._health import WriteHealth, abandon, logger
 from otel_sqlite_exporter._retention import RetentionSweeper
 from otel_sqlite_exporter._session import (
     SESSION_ATTRIBUTE,
@@ -58,7 +58,8 @@ class SQLiteSpanProcessor(SpanProcessor):
     """Persist every span when it starts and complete it when it ends.
 
     Options are those of :class:`~otel_sqlite_exporter.SQLiteSpanExporter` plus the queue settings
-    (``max_queue_size``, ``max_batch_size``, ``schedule_delay_millis``); explicit arguments win
+    (``max_queue_size``, ``max_batch_size``, ``schedule_delay_millis``) and
+    ``shutdown_timeout_millis``; explicit arguments win
     over ``OTEL_EXPORTER_SQLITE_*`` environment variables.
 
     With ``budget=TokenBudget(...)`` each ended span's usage is counted against its session on the
@@ -78,6 +79,12 @@ class SQLiteSpanProcessor(SpanProcessor):
         self._drained = 0
         self._batches = 0
         self._shutdown = False
+        # When shutdown() stops waiting (monotonic), and whether it did so with spans unwritten.
+        self._shutdown_deadline = float("inf")
+        self._gave_up = False
+        # force_flush() calls waiting; set.add/discard need no lock (a lock held at fork would
+        # stay held in the child).
+        self._flushing: set[_Flush] = set()
         self._writer: TraceWriter | None = None
         self._open_lock = threading.Lock()
         budget = self.options.budget
@@ -152,41 +159,101 @@ class SQLiteSpanProcessor(SpanProcessor):
     # -- the SDK contract -----------------------------------------------------------------------
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
-        """Write everything enqueued before this call; False if that took longer than the timeout."""
-        if self._shutdown:
-            return True
+        """Write everything enqueued before this call; False if that took longer than the timeout.
+
+        During or after ``shutdown()`` it waits for the shutdown to finish (never past either
+        timeout) and returns False if the shutdown gave up with spans unwritten.
+        """
+        timeout = max(timeout_millis, 0) / 1000
         marker = _Flush()
-        self._queue.append(marker)
-        self._wake.set()
-        return marker.done.wait(max(timeout_millis, 0) / 1000)
+        flushing = self._flushing
+        # Registered before the checks below: a shutdown giving up either sees this marker and
+        # releases it, or has already set _gave_up.
+        flushing.add(marker)
+        try:
+            if self._shutdown:
+                return self._wait_for_shutdown(timeout)
+            self._queue.append(marker)
+            self._wake.set()
+            if self._shutdown:
+                # Shut down meanwhile: the writer may have finished before the marker came.
+                return self._wait_for_shutdown(timeout)
+            return marker.done.wait(timeout) and not self._gave_up
+        finally:
+            flushing.discard(marker)
 
     def shutdown(self) -> None:
-        """Write everything queued, stop the writer and close the file. Later spans are ignored."""
+        """Write everything queued, stop the writer and close the file. Later spans are ignored.
+
+        Waits at most ``shutdown_timeout_millis``. If the writing is not done by then (another
+        process holding the file's write lock, a stalled disk), it returns anyway: the span starts
+        and ends still queued or being written count as ``dropped`` in :attr:`stats` (and are logged
+        once), and the background threads, daemons, do not keep the interpreter from exiting.
+        """
         if self._shutdown:
             return
+        self._shutdown_deadline = time.monotonic() + self.options.shutdown_timeout_millis / 1000
         self._shutdown = True
         remove_listener(self)
         self._wake.set()
-        for thread in (self._thread, self._committer):
-            if thread.is_alive() and thread is not threading.current_thread():
-                thread.join()
+        if not self._join_threads(self._shutdown_deadline):
+            self._give_up()
         if self._sweeper is not None:
-            self._sweeper.stop()
+            # A sweep ends after its current transaction; bounded like the rest of the shutdown.
+            self._sweeper.stop(min(5.0, max(0.0, self._shutdown_deadline - time.monotonic())))
+
+    def _join_threads(self, deadline: float) -> bool:
+        """Wait for both background threads to finish, until ``deadline``; True if they did."""
+        threads = (self._thread, self._committer)
+        for thread in threads:
+            if thread.is_alive() and thread is not threading.current_thread():
+                thread.join(max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() and t is not threading.current_thread() for t in threads)
+
+    def _wait_for_shutdown(self, timeout: float) -> bool:
+        deadline = min(time.monotonic() + timeout, self._shutdown_deadline)
+        return self._join_threads(deadline) and not self._gave_up
+
+    def _give_up(self) -> None:
+        self._gave_up = True
+        for marker in list(self._flushing):
+            marker.done.set()
+        stats = self.stats
+        logger.error(
+            "otel-sqlite-exporter: shutdown of the writer to %s gave up after %d ms with %d span starts "
+            "and ends unwritten (counted in stats['dropped']; last write error: %s)",
+            self.options.path,
+            self.options.shutdown_timeout_millis,
+            stats["dropped"] - self._dropped,
+            stats["last_error"] or "none",
+        )
 
     @property
     def stats(self) -> dict[str, Any]:
         """Span events (each span is enqueued at start and at end) through the pipeline.
 
         ``enqueued`` accepted, ``written`` committed, ``dropped`` refused because the queue was
-        full, ``failed`` lost to write errors, ``queued`` waiting now; ``errors`` counts failed
-        write attempts and ``last_error`` says why the latest one failed.
+        full (or still unwritten when ``shutdown()`` gave up waiting), ``failed`` lost to write
+        errors, ``queued`` waiting now; ``errors`` counts failed write attempts and ``last_error``
+        says why the latest one failed.
         """
         health = self._health.stats()
         queued = len(self._queue)
+        enqueued = self._drained + queued
+        dropped = self._dropped
+        if self._gave_up:
+            # Accepted but neither written nor failed: lost with the process. Threads left behind
+            # may still write some later; they then move from dropped to written. Only spans
+            # count (the queue also holds session events and flush markers); copying the deque
+            # is one C call, so the mapper cannot change it meanwhile.
+            spans = sum(isinstance(item, ReadableSpan) for item in self._queue.copy())
+            settled = health["written"] + health["failed"]
+            dropped += max(0, self._drained + spans - settled)
+            enqueued, queued = settled, 0
         return {
-            "enqueued": self._drained + queued,
+            "enqueued": enqueued,
             "written": health["written"],
-            "dropped": self._dropped,
+            "dropped": dropped,
             "failed": health["failed"],
             "errors": health["errors"],
             "queued": queued,
@@ -304,9 +371,10 @@ class SQLiteSpanProcessor(SpanProcessor):
             for batch in batches:
                 for marker in batch.flushes:
                     marker.done.set()
-            if self._writer is not None:
+            writer = self._writer  # the mapper may open one meanwhile
+            if writer is not None:
                 try:
-                    self._writer.checkpoint(idle=not self._prepared)
+                    writer.checkpoint(idle=not self._prepared)
                 except Exception as exc:  # noqa: BLE001 - a checkpoint can wait for the next one
                     self._health.failure(exc, lost=0)
         if self._writer is not None:
@@ -322,7 +390,7 @@ class SQLiteSpanProcessor(SpanProcessor):
             return
         for attempt in range(_ATTEMPTS):
             try:
-                self._open().commit(payloads, events, marks)
+                self._open(check=True).commit(payloads, events, marks)
             except Exception as exc:  # noqa: BLE001 - a failed write must never stop the writer
                 last = attempt == _ATTEMPTS - 1
                 self._health.failure(exc, lost=count if last else 0)
@@ -333,9 +401,26 @@ class SQLiteSpanProcessor(SpanProcessor):
             self._batches += 1
             return
 
-    def _open(self) -> TraceWriter:
-        # Opened by whichever thread needs it first; the lock keeps the two from opening it twice.
+    def _open(self, *, check: bool = False) -> TraceWriter:
+        """The writer, opened by whichever thread needs it first (the lock keeps the two from
+        opening it twice). With ``check`` (the committer, before each transaction), a writer whose
+        file was removed or replaced is closed and the path opened anew; if that fails, the error
+        goes to the caller and the next transaction tries again."""
         with self._open_lock:
+            writer = self._writer
+            if check and writer is not None and writer.replaced():
+                self._writer = None
+                self._health.file_replaced()
+                # A file moved away keeps what was written: its log, which SQLite leaves under the
+                # old name when the file has moved, is copied into it first. Closing deletes
+                # nothing at the path. Batches the mapper prepared for the old file go to the new
+                # one (their resource ids may name no row there: those spans lack resource
+                # attributes).
+                try:
+                    writer.checkpoint(idle=True)
+                except Exception as exc:  # noqa: BLE001 - the old file may be beyond reach
+                    self._health.failure(exc, lost=0)
+                writer.close()
             if self._writer is None:
                 self._writer = TraceWriter(self.options)
                 if self._sweeper is not None:
@@ -362,6 +447,9 @@ class SQLiteSpanProcessor(SpanProcessor):
         self._drained = 0
         self._drop_lock = threading.Lock()
         self._health = WriteHealth(self.options.path)
+        self._flushing = set()
+        self._gave_up = False
+        self._shutdown_deadline = float("inf")
         if self._budget is not None:
             self._budget.after_fork()
         if not self._shutdown:

@@ -27,6 +27,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from otel_sqlite_exporter._budget import BUDGET_STATUSES, BudgetMark
 from otel_sqlite_exporter._config import Options
 from otel_sqlite_exporter._content import CONTENT_EVENTS
+from otel_sqlite_exporter._exceptions import TraceFileError
 from otel_sqlite_exporter._normalize import (
     CLIENT_LIBRARY_SCOPES,
     COUNT_SLOTS,
@@ -495,6 +496,9 @@ _CLEAR = tuple(f"DELETE FROM temp.{name}" for name in _BATCH_TABLES)
 
 # -- session() blocks --------------------------------------------------------------------------------
 
+# Rows encoded together (see prepare()).
+_ENCODE_CHUNK = 64
+
 # Under sustained load the log is checkpointed after about this much batch data (~64 MiB).
 _CHECKPOINT_AFTER_CHARS = 64 * 1024 * 1024
 
@@ -582,6 +586,8 @@ class TraceWriter:
     def __init__(self, options: Options) -> None:
         self.path = options.path
         self._conn = connect(options.path, busy_timeout_millis=options.busy_timeout_millis)
+        opened = os.stat(os.path.abspath(options.path))
+        self._opened_as = (os.path.abspath(options.path), opened.st_dev, opened.st_ino)  # see replaced()
         for statement in _PIPELINE:
             self._conn.execute(statement)
         # Checkpoints run when the writer has a moment (see checkpoint()), not inside a commit: a
@@ -626,8 +632,18 @@ class TraceWriter:
     def prepare(self, spans: Iterable[ReadableSpan]) -> str | None:
         """The batch document for :meth:`commit` (None for no spans). Needs the GIL; may run in
         another thread than ``commit``, so the next batch is prepared while one commits."""
-        rows = self._rows(spans)
-        return self._mapper.encode(rows) if rows else None
+        # A few rows at a time: each row list is then freed before the next collection of the
+        # youngest generation, instead of surviving into older ones the application pays to scan.
+        spans = list(spans)
+        encode = self._mapper.encode
+        parts = []
+        for start in range(0, len(spans), _ENCODE_CHUNK):
+            rows = self._rows(spans[start : start + _ENCODE_CHUNK])
+            if rows:
+                parts.append(encode(rows))
+        if len(parts) < 2:
+            return parts[0] if parts else None
+        return "[" + ",".join(part[1:-1] for part in parts) + "]"
 
     def commit(
         self, payloads: Sequence[str], events: Sequence[SessionEvent] = (), marks: Sequence[BudgetMark] = ()
@@ -669,11 +685,15 @@ class TraceWriter:
         row = self._mapper.row
         try:
             return [row(span) for span in spans]
+        except (sqlite3.Error, TraceFileError):
+            raise  # storing a new resource failed: the file, not the span, is at fault
         except Exception:  # noqa: BLE001 - one malformed span must not cost the whole batch
             rows = []
             for span in spans:
                 try:
                     rows.append(row(span))
+                except (sqlite3.Error, TraceFileError):
+                    raise
                 except Exception:
                     self.unmappable += 1
                     if self.unmappable == 1:
@@ -746,3 +766,16 @@ class TraceWriter:
                         conn.close()
                 except sqlite3.Error:
                     pass
+
+    def replaced(self) -> bool:
+        """True when the path no longer leads to the file this writer has open: the file or its
+        folder was removed, or another file put in its place. SQLite would go on writing into the
+        old file, out of everyone's reach. One ``stat``."""
+        path, device, inode = self._opened_as
+        try:
+            info = os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return True
+        except OSError:
+            return False  # not known to be gone (a folder no longer searchable, say): keep writing
+        return (info.st_dev, info.st_ino) != (device, inode)

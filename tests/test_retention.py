@@ -358,12 +358,15 @@ START_AND_EXIT = """
 
 
 def test_a_running_session_of_a_dead_process_is_interrupted(path: Path) -> None:
-    dead = run_python(START_AND_EXIT, str(path), "crashed", "die")
+    # The live process opens the file first: a writer opening it after the crash would mark the
+    # dead process's session itself (see test_sigkill_leaves_started_spans_on_disk).
     alive = run_python(START_AND_EXIT, str(path), "alive", "wait")
+    assert alive.stdout is not None
+    assert alive.stdout.readline().strip() == "written", alive.stderr
+    dead = run_python(START_AND_EXIT, str(path), "crashed", "die")
     try:
-        for process in (dead, alive):
-            assert process.stdout is not None
-            assert process.stdout.readline().strip() == "written", process.stderr
+        assert dead.stdout is not None
+        assert dead.stdout.readline().strip() == "written", dead.stderr
         dead.wait(20)
         result = RetentionSweeper(path).sweep_once()
         assert result.interrupted_sessions == 1

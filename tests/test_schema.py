@@ -449,6 +449,44 @@ def test_other_applications_database_is_refused_untouched(tmp_path: Path, user_v
     assert query(path, "SELECT name FROM customers") == [("ada",)]
 
 
+@pytest.mark.parametrize("kept", [0.1, 0.5, 0.9])
+def test_a_truncated_trace_file_is_refused_untouched(
+    tmp_path: Path, kept: float, caplog: pytest.LogCaptureFixture
+) -> None:
+    whole = tmp_path / "whole.db"
+    processor = SQLiteSpanProcessor(whole)
+    provider = TracerProvider()
+    provider.add_span_processor(processor)
+    tracer = provider.get_tracer("test_schema")
+    for i in range(300):
+        with tracer.start_as_current_span(f"span {i}", attributes={"input.value": "x" * 500}):
+            pass
+    provider.shutdown()
+    data = whole.read_bytes()
+    path = tmp_path / "cut.db"
+    path.write_bytes(data[: int(len(data) * kept)])  # a copy cut short, as by a full disk or a bad transfer
+    before = sha256(path)
+    for readonly in (True, False):
+        with pytest.raises(NotATraceFileError) as info:
+            otel_sqlite_exporter.TraceStore(path, readonly=readonly)
+        assert str(path) in str(info.value)
+        assert "malformed" in str(info.value)
+    caplog.set_level("ERROR", logger="otel_sqlite_exporter")
+    processor = SQLiteSpanProcessor(path, schedule_delay_millis=10)
+    provider = TracerProvider()
+    provider.add_span_processor(processor)
+    for _ in range(3):
+        with provider.get_tracer("t").start_as_current_span("goes nowhere"):
+            pass
+        processor.force_flush(10_000)
+    provider.shutdown()
+    assert processor.stats["written"] == 0
+    assert processor.stats["failed"] == 6
+    messages = [r.getMessage() for r in caplog.records if r.name == "otel_sqlite_exporter"]
+    assert len(messages) == 1 and str(path) in messages[0], messages
+    assert sha256(path) == before
+
+
 # --- version 3: last activity, owners, incremental auto-vacuum -------------------------------------------
 
 
