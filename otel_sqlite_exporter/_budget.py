@@ -497,8 +497,8 @@ def _count(value: Any) -> int | None:
         return None
     if isinstance(value, int):
         return value if 0 <= value < _INT_LIMIT else None
-    if isinstance(value, float):
-        return int(value) if 0 <= value < _INT_LIMIT else None
+    if isinstance(value, float):  # a whole number only: 2.5 tokens is no count
+        return int(value) if 0 <= value < _INT_LIMIT and value.is_integer() else None
     if isinstance(value, str):
         text = value.strip(" ")
         if text.isascii() and text.isdigit() and len(text) < 19:

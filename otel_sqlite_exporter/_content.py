@@ -14,6 +14,7 @@ searches.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -59,6 +60,9 @@ CONTENT_EVENTS = frozenset(
 # Part types, message roles and content types that hold the model's reasoning.
 _REASONING_KINDS = frozenset({"reasoning", "thinking"})
 _FLAT_INDEX = re.compile(r"^(\d+)\.(.+)$")
+# Values are rendered as JSON, never through repr(), which recurses and exhausts the stack a thousand
+# levels down. What orjson refuses (nested past its limit, say) is rendered this deep.
+_MAX_DEPTH = 64
 
 
 def is_content_key(key: str) -> bool:
@@ -160,6 +164,8 @@ def render_messages(messages: Any, reasoning: list[str] | None = None) -> str | 
     for message in messages:
         if isinstance(message, Mapping):
             role = message.get("role") or message.get("type") or "message"
+            if not isinstance(role, str):  # a list, say: rendered as JSON, and no reasoning kind
+                role = _label(role)
             if reasoning is not None and role in _REASONING_KINDS:  # an OpenAI Responses reasoning item
                 _add(reasoning, _reasoning_content(message))
                 continue
@@ -168,7 +174,7 @@ def render_messages(messages: Any, reasoning: list[str] | None = None) -> str | 
             if body or reasoning is None or len(reasoning) == before:
                 lines.append(f"{role}: {body}" if body else f"{role}:")
         elif message is not None:
-            lines.append(str(message))
+            lines.append(_label(message))
     return "\n".join(lines) if lines else None
 
 
@@ -199,7 +205,8 @@ def _message_body(message: Mapping[str, Any], reasoning: list[str] | None = None
         pieces.append(
             _parts_text(content, reasoning) if isinstance(content, (list, tuple)) else _plain(content) or ""
         )
-    for call in message.get("tool_calls") or ():
+    calls = message.get("tool_calls")
+    for call in calls if isinstance(calls, (list, tuple)) else ():
         if isinstance(call, Mapping):
             function = call.get("function") if isinstance(call.get("function"), Mapping) else call
             pieces.append(_tool_call(function.get("name"), function.get("arguments")))
@@ -215,6 +222,8 @@ def _parts_text(parts: Any, reasoning: list[str] | None = None) -> str:
             out.append(_plain(part) or "")
             continue
         kind = part.get("type", "text")
+        if not isinstance(kind, str):
+            kind = _label(kind)
         if kind == "tool_call":
             out.append(_tool_call(part.get("name"), part.get("arguments")))
         elif kind == "tool_call_response":
@@ -237,7 +246,7 @@ def _tool_call(name: Any, arguments: Any) -> str:
         args = ""
     else:
         args = _dumps(arguments)
-    return f"[tool call] {name}({args})"
+    return f"[tool call] {_label(name)}({args})"
 
 
 def _reasoning_content(part: Mapping[str, Any]) -> str | None:
@@ -254,7 +263,7 @@ def _reasoning_content(part: Mapping[str, Any]) -> str | None:
                 for item in value
                 if not isinstance(item, Mapping) or item.get("text")
             ]
-            return "\n".join(str(t) for t in texts if t) or None
+            return "\n".join(_label(t) for t in texts if t) or None
         return _plain(value)
     return None
 
@@ -292,7 +301,7 @@ def _flat_messages(
         fields = indexed[index]
         role = fields.get("message.role") or fields.get("role") or default_role
         content = fields.get("message.content") or fields.get("content")
-        if reasoning is not None and role in _REASONING_KINDS:
+        if reasoning is not None and _is_reasoning(role):
             _add(reasoning, _plain(content))
             continue
         texts = [content]
@@ -301,7 +310,7 @@ def _flat_messages(
             (k for k in fields if k.startswith("message.contents.") and k.endswith(".text")), key=_numeric
         ):
             kind = fields.get(key[: -len("text")] + "type")
-            if reasoning is not None and kind in _REASONING_KINDS:
+            if reasoning is not None and _is_reasoning(kind):
                 _add(reasoning, _plain(fields[key]))
             else:
                 texts.append(fields[key])
@@ -312,9 +321,9 @@ def _flat_messages(
             (k for k in fields if k.startswith("tool_calls.") and k.endswith(".name")), key=_numeric
         ):
             texts.append(_tool_call(fields[key], fields.get(key[: -len("name")] + "arguments")))
-        body = " ".join(str(t) for t in texts if t)
-        if body or not any(fields.get(k) in _REASONING_KINDS for k in fields if k.endswith(".type")):
-            lines.append(f"{role}: {body}" if body else f"{role}:")
+        body = " ".join(_label(t) for t in texts if t)
+        if body or not any(_is_reasoning(fields.get(k)) for k in fields if k.endswith(".type")):
+            lines.append(f"{_label(role)}: {body}" if body else f"{_label(role)}:")
     return "\n".join(lines) or None
 
 
@@ -388,8 +397,34 @@ def _plain(value: Any) -> str | None:
 def _dumps(value: Any) -> str:
     try:
         return orjson.dumps(value, default=str).decode()
-    except TypeError:
-        return str(value)
+    except TypeError:  # orjson.JSONEncodeError too: nested too deep, keys that are not text, surrogates
+        return json.dumps(_bounded(value, _MAX_DEPTH), ensure_ascii=False, default=str, separators=(",", ":"))
+
+
+def _label(value: Any) -> str:
+    """Any value as text in a rendering: containers as JSON, never their repr (which recurses)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (list, tuple, Mapping)):
+        return _dumps(value)
+    return str(value)
+
+
+def _is_reasoning(kind: Any) -> bool:
+    return isinstance(kind, str) and kind in _REASONING_KINDS
+
+
+def _bounded(value: Any, depth: int) -> Any:
+    """A copy of value that json.dumps takes: containers at most ``depth`` deep, keys as text."""
+    if isinstance(value, Mapping):
+        if depth <= 0:
+            return "..."
+        return {k if isinstance(k, str) else _label(k): _bounded(v, depth - 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        if depth <= 0:
+            return "..."
+        return [_bounded(v, depth - 1) for v in value]
+    return value
 
 
 def _cut(text: str | None, limit: int) -> str | None:

@@ -59,8 +59,10 @@ class SQLiteSpanExporter(SpanExporter):
             with self._lock:
                 try:
                     writer = self._open()
+                    unmappable = writer.unmappable
                     payload = writer.prepare(spans)
                     writer.commit([payload] if payload is not None else [], marks=marks)
+                    skipped = writer.unmappable - unmappable
                 except Exception as exc:  # noqa: BLE001 - the exporter contract forbids raising
                     self._health.failure(exc, lost=len(spans))
                     return SpanExportResult.FAILURE
@@ -72,7 +74,8 @@ class SQLiteSpanExporter(SpanExporter):
             # Outside the lock: a callback may itself end spans that reach this exporter.
             if alerts:
                 self._budget.notify(alerts)  # type: ignore[union-attr]
-        self._health.wrote(len(spans))
+        self._health.skipped(skipped)
+        self._health.wrote(len(spans) - skipped)
         return SpanExportResult.SUCCESS
 
     @staticmethod

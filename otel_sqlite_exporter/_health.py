@@ -108,6 +108,11 @@ class WriteHealth:
         self._recovered: set[str] = set()
         self._lock = threading.Lock()
 
+    def skipped(self, count: int) -> None:
+        """Spans left out of a batch that was written (they could not be mapped; logged where found)."""
+        with self._lock:
+            self.failed += count
+
     def wrote(self, count: int) -> None:
         with self._lock:
             self.written += count

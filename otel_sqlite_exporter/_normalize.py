@@ -14,12 +14,14 @@ import operator
 import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from itertools import chain
 from types import SimpleNamespace
 from typing import Any
 
 import orjson
-from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.trace import SpanKind
+from opentelemetry.sdk.trace import ReadableSpan, Span
+from opentelemetry.sdk.util import BoundedList
+from opentelemetry.trace import SpanKind, Status
 
 from otel_sqlite_exporter._config import Options
 from otel_sqlite_exporter._content import NO_TEXT, extract_text, is_content_key, without_content
@@ -183,6 +185,16 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 _BLANK = {width: " " * width for width in (10, 16, 20)}
 _TYPE_KEYS = frozenset(key for key, _ in TYPE_BY_KEY) | {"gen_ai.tool.name"}
 _TYPE_CODE = {span_type: str(code) for code, span_type in enumerate(SPAN_TYPES)}
+# Span classes whose fields row() may read directly (not subclasses: they may override properties).
+_SDK_SPAN_TYPES = frozenset({ReadableSpan, Span})
+# Longest span or scope name stored (longer ones are shortened, as long attribute values are).
+_MAX_NAME = 64 * 1024
+_FIELDS = (
+    "context", "parent", "status", "instrumentation_scope",
+    "name", "kind", "start_time", "end_time", "resource",
+)  # fmt: skip
+_SDK_FIELDS = operator.itemgetter(*(f"_{field}" for field in _FIELDS))
+_PROPERTIES = operator.attrgetter(*_FIELDS)
 
 
 class SpanMapper:
@@ -209,28 +221,27 @@ class SpanMapper:
 
     def row(self, span: ReadableSpan) -> list[Any]:
         # The hottest Python in the package: it shares the GIL with the traced application.
-        ctx = span.context
-        parent = span.parent
-        status = span.status
-        scope = span.instrumentation_scope
+        # The SDK's own spans are read through their fields: each property costs a call.
+        ctx, parent, status, scope, name, kind, start, end, resource = (
+            _SDK_FIELDS(span.__dict__) if type(span) in _SDK_SPAN_TYPES else _PROPERTIES(span)
+        )
+        # SpanContext is a tuple: (trace_id, span_id, is_remote, ...).
         attrs = _attributes(span)
         if not self._capture:
             attrs = {k: v for k, v in attrs.items() if not is_content_key(k)}
-        # The SDK's events/links properties copy under a lock even when empty; look first.
-        raw_events = getattr(span, "_events", None)
-        span_events = span.events if raw_events is None or len(raw_events) else ()
-        raw_links = getattr(span, "_links", None)
-        span_links = span.links if raw_links is None or len(raw_links) else ()
+        # The SDK's events/links properties copy even when empty; look first.
+        span_events = span.events if _maybe_some(getattr(span, "_events", None)) else ()
+        span_links = span.links if _maybe_some(getattr(span, "_links", None)) else ()
         events = _events(span_events, self._capture, self._redactor) if span_events else None
         links = _links(span_links, self._redactor) if span_links else None
         input_text, output_text, reasoning_text = (
             extract_text(attrs, span_events, self._limit) if self._capture else NO_TEXT
         )
-        message = status.description
+        message = status._description if type(status) is Status else status.description
         version = None if scope is None else scope.version
         # Bits as OPTIONAL_FLAGS lists them (spelled out: this line runs for every span).
         flags = (
-            (parent is None or parent.is_remote)
+            (parent is None or parent[2])
             | (message is not None) << 1
             | (events is not None) << 2
             | (links is not None) << 3
@@ -239,17 +250,16 @@ class SpanMapper:
             | (version is not None) << 6
             | (reasoning_text is not None) << 7
         )
-        resource = span.resource
         cached = self._resources.get(id(resource))
         rid = cached[1] if cached is not None and cached[0] is resource else self.resource_id(resource)
-        name = span.name
         scope_name = "" if scope is None else scope.name or ""
-        end = span.end_time
+        if len(name) > _MAX_NAME or len(scope_name) > _MAX_NAME:  # their lengths travel in six digits
+            name, scope_name = _shorten(name, _MAX_NAME), _shorten(scope_name, _MAX_NAME)
         return [
-            f"{flags:04d}{ctx.trace_id:032x}{ctx.span_id:016x}"
-            f"{_BLANK[16] if parent is None else format(parent.span_id, '016x')}"
+            f"{flags:04d}{ctx[0]:032x}{ctx[1]:016x}"
+            f"{_BLANK[16] if parent is None else format(parent[1], '016x')}"
             # Enum members' _value_ is a plain attribute; .value goes through a descriptor.
-            f"{span.kind._value_}{status.status_code._value_}{_span_type(attrs)}{span.start_time:020d}"
+            f"{kind._value_}{status.status_code._value_}{_span_type(attrs)}{start:020d}"
             f"{_BLANK[20] if end is None else format(end, '020d')}"
             f"{_BLANK[10] if rid is None else format(rid, '010d')}"
             f"{len(name):06d}{name}{len(scope_name):06d}{scope_name}",
@@ -271,10 +281,11 @@ class SpanMapper:
         if self._redactor is not None:
             attrs = self._redactor.attributes(attrs)
         service = attrs.get("service.name")
+        schema_url = getattr(resource, "schema_url", None) or None
         rid = self._resource_id(
             to_json(attrs),
-            getattr(resource, "schema_url", None) or None,
-            None if service is None else str(service),
+            None if schema_url is None else _text(schema_url),
+            None if service is None else _text(service),
         )
         if len(self._resources) > 256:
             self._resources.clear()
@@ -396,6 +407,13 @@ def _attributes(span: ReadableSpan) -> dict[str, Any]:
     return {}
 
 
+def _maybe_some(raw: Any) -> bool:
+    """False when the SDK's list of events or links is known to be empty."""
+    if type(raw) is BoundedList:
+        return bool(raw._dq)  # its __len__ is a Python call; the deque's is not
+    return raw is None or bool(len(raw))
+
+
 def _span_type(attrs: Mapping[str, Any]) -> str:
     """The span type's code in SPAN_TYPES when its keys tell; a blank leaves it to SQL, which also
     knows the model and usage (a model call of an unknown dialect is an llm span)."""
@@ -511,18 +529,30 @@ def _failed(_: str) -> str:
     return REDACTION_FAILED
 
 
-def _failed_value(value: Any) -> Any:
-    if isinstance(value, str):
+def _failed_value(value: Any, depth: int = 0) -> Any:
+    if isinstance(value, str) or (depth > _MAX_NESTING and isinstance(value, (list, tuple, Mapping))):
         return REDACTION_FAILED
     if isinstance(value, (list, tuple)):
-        return [_failed_value(v) for v in value]
+        return [_failed_value(v, depth + 1) for v in value]
     if isinstance(value, Mapping):
-        return {k: _failed_value(v) for k, v in value.items()}
+        return {k: _failed_value(v, depth + 1) for k, v in value.items()}
     return value
 
 
 # Above this many characters a row is checked for oversized values (see MAX_JSON_CHARS).
 _ROW_CHECK_CHARS = 64 * 1024
+# Containers nested deeper than this, counted from the value encoded, are cut there (see _sanitize):
+# orjson refuses deeper lists and dicts, and the careful path must not exhaust the stack.
+_MAX_NESTING = 250
+_CUT_NESTING = "...[deeper levels not stored]"
+# The row elements the writer reads out of the document as text (``->>``): SQLite before 3.45 ends
+# such a text at its first NUL character, so there a NUL becomes U+FFFD (one character for one: the
+# head's length prefixes stay true). Attributes, events and links are read as JSON and keep theirs.
+_READ_AS_TEXT = (
+    0,
+    *(ROW_ELEMENTS.index(name) for name in OPTIONAL_ELEMENTS if name not in ("events", "links")),
+)
+_READ_AS_TEXT_ELEMENTS = operator.itemgetter(*_READ_AS_TEXT)
 
 
 _ROW_ATTRIBUTES = operator.itemgetter(1)
@@ -531,16 +561,59 @@ _ROW_ATTRIBUTES = operator.itemgetter(1)
 def encode_rows(rows: list[list[Any]]) -> str:
     """The batch as one JSON array of rows; never raises.
 
-    The fast path is a single orjson call. Rows it cannot encode (lone surrogates, huge integers)
-    or that are oversized are re-encoded one by one through the safe path.
+    The fast path is a single orjson call. Rows it cannot encode (lone surrogates, huge integers,
+    deep nesting) or that are oversized are re-encoded one by one through the careful path; a row
+    even that cannot encode is left out (its span is not stored).
     """
+    text = _batch_json(rows)
+    # A NUL anywhere shows as an escape in the document: one C-level scan, and the rare batch
+    # with a NUL in an element read as text is encoded again without it.
+    if "\\u0000" in text and _nul_in_texts(rows):
+        text = _batch_json([_without_nul(row) for row in rows])
+    return text
+
+
+def _batch_json(rows: list[list[Any]]) -> str:
     try:
         text = orjson.dumps(rows, default=_default).decode()
-    except (TypeError, orjson.JSONEncodeError):
-        return "[" + ",".join(to_json(row) for row in rows) + "]"
+    except TypeError:  # orjson.JSONEncodeError included
+        return _one_by_one(rows)
     if len(text) > _ROW_CHECK_CHARS * max(1, len(rows)) // 8:
-        return "[" + ",".join(to_json(row) for row in rows) + "]"
+        return _one_by_one(rows)
     return text
+
+
+def _one_by_one(rows: list[list[Any]]) -> str:
+    return "[" + ",".join(filter(None, map(_row_json, rows))) + "]"
+
+
+def _row_json(row: list[Any]) -> str | None:
+    """One row through the careful path; an oversized row has its longest strings shortened, all
+    but the head's (its names are length-prefixed, and SpanMapper keeps them short)."""
+    try:
+        text = _encoded(row)
+        if len(text) > MAX_JSON_CHARS:
+            limit = MAX_JSON_CHARS // 4
+            text = _dumps([_sanitize(row[0]), *(_shorten(_sanitize(v), limit) for v in row[1:])])
+        return text
+    except Exception:  # noqa: BLE001 - one unencodable span must not cost the batch
+        return None
+
+
+def _nul_in_texts(rows: list[list[Any]]) -> bool:
+    try:
+        return "\x00" in "".join(filter(None, chain.from_iterable(map(_READ_AS_TEXT_ELEMENTS, rows))))
+    except Exception:  # noqa: BLE001 - an element of an unexpected type: _without_nul looks closer
+        return True
+
+
+def _without_nul(row: list[Any]) -> list[Any]:
+    out = list(row)
+    for index in _READ_AS_TEXT:
+        value = out[index] if index < len(out) else None
+        if isinstance(value, str) and "\x00" in value:
+            out[index] = value.replace("\x00", "\ufffd")
+    return out
 
 
 def to_json(value: Any) -> str:
@@ -548,14 +621,32 @@ def to_json(value: Any) -> str:
 
     Tuples become arrays, NaN and infinities become null, bytes become ``{"$bytes": base64}``, and
     anything else JSON cannot hold (lone surrogates, huge integers, unknown objects) becomes text.
+    Containers nested more than ``_MAX_NESTING`` deep are cut there; a text longer than
+    ``MAX_JSON_CHARS`` has its longest strings shortened.
     """
     try:
-        text = orjson.dumps(value, default=_default).decode()
-    except (TypeError, orjson.JSONEncodeError):
-        text = orjson.dumps(_sanitize(value), default=_default).decode()
-    if len(text) > MAX_JSON_CHARS:
-        text = orjson.dumps(_shorten(_sanitize(value), MAX_JSON_CHARS // 4), default=_default).decode()
-    return text
+        text = _encoded(value)
+        if len(text) > MAX_JSON_CHARS:
+            text = _dumps(_shorten(_sanitize(value), MAX_JSON_CHARS // 4))
+        return text
+    except Exception:  # noqa: BLE001 - a value whose own methods fail (its str(), its items())
+        return "null"
+
+
+def _encoded(value: Any) -> str:
+    try:
+        return _dumps(value)
+    except TypeError:  # orjson.JSONEncodeError included
+        pass
+    try:
+        clean = _sanitize(value)
+    except RecursionError:  # called with the stack deep already: cut much sooner
+        clean = _sanitize(value, 16)
+    return _dumps(clean)
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value, default=_default).decode()
 
 
 def _default(value: Any) -> Any:
@@ -563,10 +654,14 @@ def _default(value: Any) -> Any:
         return {"$bytes": base64.b64encode(bytes(value)).decode("ascii")}
     if isinstance(value, (set, frozenset)):
         return list(value)
+    if isinstance(value, Mapping):  # read-only views, BoundedAttributes: as the dicts they are
+        return dict(value)
     return str(value)
 
 
-def _sanitize(value: Any) -> Any:
+def _sanitize(value: Any, depth: int = _MAX_NESTING) -> Any:
+    """The value as orjson encodes it whatever it holds: text without lone surrogates, integers
+    within 64 bits, plain lists and dicts nested at most ``depth`` deep (deeper ones are cut)."""
     if isinstance(value, str):
         # One replacement character per lone surrogate: lengths (the head's prefixes) stay true.
         return _SURROGATE.sub("\ufffd", value)
@@ -574,20 +669,45 @@ def _sanitize(value: Any) -> Any:
         return value
     if isinstance(value, int):
         return value if -(2**63) <= value < 2**64 else str(value)
-    if isinstance(value, Mapping):
-        return {str(_sanitize(k)): _sanitize(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_sanitize(v) for v in value]
     if isinstance(value, (bytes, bytearray, memoryview)):
         return value
-    return _sanitize(str(value))
+    if isinstance(value, (Mapping, list, tuple, set, frozenset)):
+        if depth <= 0:
+            return _CUT_NESTING
+        # Loops, not comprehensions: one frame per level (3.11 gives a comprehension a frame too).
+        if isinstance(value, Mapping):
+            out: dict[str, Any] = {}
+            for key, item in value.items():
+                out[_text(key)] = _sanitize(item, depth - 1)
+            return out
+        items = []
+        for item in value:
+            items.append(_sanitize(item, depth - 1))
+        return items
+    return _text(value)
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        try:
+            value = str(value)
+        except Exception:  # noqa: BLE001 - its __str__ fails (or recurses without end)
+            value = f"<{type(value).__name__}>"
+    return _SURROGATE.sub("\ufffd", value)
 
 
 def _shorten(value: Any, limit: int) -> Any:
     if isinstance(value, str) and len(value) > limit:
         return value[:limit] + f"...[{len(value) - limit} more characters not stored]"
+    # Loops, not comprehensions, as in _sanitize (whose output this takes).
     if isinstance(value, dict):
-        return {k: _shorten(v, limit) for k, v in value.items()}
+        out = {}
+        for key, item in value.items():
+            out[key] = _shorten(item, limit)
+        return out
     if isinstance(value, list):
-        return [_shorten(v, limit) for v in value]
+        items = []
+        for item in value:
+            items.append(_shorten(item, limit))
+        return items
     return value

@@ -124,7 +124,8 @@ _SCRATCH = (
 
 _count = """CASE
         WHEN a.type = 'integer' AND a.atom >= 0 AND a.atom < 1000000000000000000 THEN a.atom
-        WHEN a.type = 'real' AND a.atom >= 0 AND a.atom < 1e18 THEN CAST(a.atom AS INTEGER)
+        WHEN a.type = 'real' AND a.atom >= 0 AND a.atom < 1e18 AND a.atom = CAST(a.atom AS INTEGER)
+             THEN CAST(a.atom AS INTEGER)
         WHEN a.type = 'text' AND trim(a.atom) != '' AND trim(a.atom) NOT GLOB '*[^0-9]*'
              AND length(trim(a.atom)) < 19 THEN CAST(trim(a.atom) AS INTEGER) END"""
 _cost = """CASE
@@ -698,7 +699,8 @@ class TraceWriter:
                     self.unmappable += 1
                     if self.unmappable == 1:
                         logger.exception(
-                            "otel-sqlite-exporter could not map span %r; it is skipped", span.name
+                            "otel-sqlite-exporter could not map span %r; it is skipped",
+                            getattr(span, "_name", span),  # its name property may be what fails
                         )
             return rows
 

@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.trace import SpanKind
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode
 
-from otel_sqlite_exporter import PriceTable, SQLiteSpanProcessor
+from otel_sqlite_exporter import PriceTable, SQLiteSpanExporter, SQLiteSpanProcessor
 
 Event = tuple[str, Mapping[str, Any]]
 
@@ -1328,3 +1328,27 @@ def test_an_id_on_many_spans_names_no_single_call(db: TraceFile) -> None:
     db.flush()
     (session,) = db.query("SELECT span_count, input_tokens FROM sessions")
     assert (session["span_count"], session["input_tokens"]) == (20, 200)
+
+
+def test_a_span_class_of_another_library_is_read_through_its_properties(tmp_path: Path) -> None:
+    # SDK spans are read through their fields; a subclass may compute what its properties return.
+    class Renamed(ReadableSpan):
+        @property
+        def name(self) -> str:
+            return "renamed " + self._name
+
+        @property
+        def status(self) -> Status:
+            return Status(StatusCode.ERROR, "computed")
+
+    context = SpanContext(0x1234, 0x5678, is_remote=False)
+    span = Renamed("original", context=context, start_time=1, end_time=2, attributes={"a": 1})
+    exporter = SQLiteSpanExporter(tmp_path / "traces.db")
+    exporter.export([span])
+    exporter.shutdown()
+    conn = sqlite3.connect(tmp_path / "traces.db")
+    try:
+        row = conn.execute("SELECT name, status_code, status_message, attributes FROM spans").fetchone()
+    finally:
+        conn.close()
+    assert row == ("renamed original", "ERROR", "computed", '{"a":1}')

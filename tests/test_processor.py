@@ -20,9 +20,10 @@ from pathlib import Path
 import pytest
 from helpers import query
 from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanContext
 
 from otel_sqlite_exporter import (
     ConfigurationError,
@@ -362,6 +363,24 @@ def _finished(n: int) -> Sequence:
         with tracer.start_as_current_span(f"s{i}"):
             pass
     return memory.get_finished_spans()
+
+
+def test_a_span_that_cannot_be_read_is_counted_failed_and_the_rest_written(
+    db: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Broken(ReadableSpan):
+        @property
+        def name(self) -> str:
+            raise RuntimeError("this span object is broken")
+
+    broken = Broken("broken", context=SpanContext(1, 2, is_remote=False), start_time=1, end_time=2)
+    exporter = SQLiteSpanExporter(db)
+    caplog.set_level(logging.ERROR, logger=LOGGER)
+    assert exporter.export([*_finished(3), broken]) is SpanExportResult.SUCCESS
+    exporter.shutdown()
+    assert (exporter.stats["written"], exporter.stats["failed"]) == (3, 1)
+    assert query(db, "SELECT count(*) FROM spans") == [(3,)]
+    assert any("could not map span" in r.getMessage() for r in caplog.records)
 
 
 @pytest.mark.parametrize("kind", ["parent is a regular file", "read-only folder"])
