@@ -122,6 +122,12 @@ class WriteHealth:
             self._recovered.add(reason)
         logger.warning("otel-sqlite-exporter: writing to %s works again", self.path)
 
+    def retrying(self, exc: BaseException) -> None:
+        """An attempt failed and will be made again (nothing lost yet): counted, not logged."""
+        with self._lock:
+            self.errors += 1
+            self.last_error = describe(exc, self.path)
+
     def failure(self, exc: BaseException, lost: int) -> None:
         reason = describe(exc, self.path)
         with self._lock:

@@ -376,7 +376,7 @@ class SQLiteSpanProcessor(SpanProcessor):
                 try:
                     writer.checkpoint(idle=not self._prepared)
                 except Exception as exc:  # noqa: BLE001 - a checkpoint can wait for the next one
-                    self._health.failure(exc, lost=0)
+                    self._health.retrying(exc)
         if self._writer is not None:
             self._writer.close()
             self._writer = None
@@ -392,9 +392,12 @@ class SQLiteSpanProcessor(SpanProcessor):
             try:
                 self._open(check=True).commit(payloads, events, marks)
             except Exception as exc:  # noqa: BLE001 - a failed write must never stop the writer
-                last = attempt == _ATTEMPTS - 1
-                self._health.failure(exc, lost=count if last else 0)
-                if not last:
+                if attempt == _ATTEMPTS - 1:
+                    self._health.failure(exc, lost=count)
+                else:
+                    # Counted, not logged: a lock another writer held past the busy timeout, say,
+                    # is no news to the application when the next attempt gets through.
+                    self._health.retrying(exc)
                     time.sleep(0.05 * (attempt + 1))
                 continue
             self._health.wrote(count)
