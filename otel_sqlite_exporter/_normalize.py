@@ -183,6 +183,8 @@ STATUS_NAMES = ("UNSET", "OK", "ERROR")
 MAX_JSON_CHARS = 8 * 1024 * 1024
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _BLANK = {width: " " * width for width in (10, 16, 20)}
+# HEAD_LAYOUT for a span with a parent, an end and a resource (see SpanMapper.row).
+_HEAD = "%04d%032x%016x%016x%d%d%s%020d%020d%010d%06d%s%06d%s"
 _TYPE_KEYS = frozenset(key for key, _ in TYPE_BY_KEY) | {"gen_ai.tool.name"}
 _TYPE_CODE = {span_type: str(code) for code, span_type in enumerate(SPAN_TYPES)}
 # Span classes whose fields row() may read directly (not subclasses: they may override properties).
@@ -255,14 +257,24 @@ class SpanMapper:
         scope_name = "" if scope is None else scope.name or ""
         if len(name) > _MAX_NAME or len(scope_name) > _MAX_NAME:  # their lengths travel in six digits
             name, scope_name = _shorten(name, _MAX_NAME), _shorten(scope_name, _MAX_NAME)
+        # Enum members' _value_ is a plain attribute; .value goes through a descriptor.
+        if parent is not None and end is not None and rid is not None:
+            # The usual span: one %-format, a third cheaper than the f-string's format specs.
+            head = _HEAD % (
+                flags, ctx[0], ctx[1], parent[1], kind._value_, status.status_code._value_,
+                _span_type(attrs), start, end, rid, len(name), name, len(scope_name), scope_name,
+            )  # fmt: skip
+        else:
+            head = (
+                f"{flags:04d}{ctx[0]:032x}{ctx[1]:016x}"
+                f"{_BLANK[16] if parent is None else format(parent[1], '016x')}"
+                f"{kind._value_}{status.status_code._value_}{_span_type(attrs)}{start:020d}"
+                f"{_BLANK[20] if end is None else format(end, '020d')}"
+                f"{_BLANK[10] if rid is None else format(rid, '010d')}"
+                f"{len(name):06d}{name}{len(scope_name):06d}{scope_name}"
+            )
         return [
-            f"{flags:04d}{ctx[0]:032x}{ctx[1]:016x}"
-            f"{_BLANK[16] if parent is None else format(parent[1], '016x')}"
-            # Enum members' _value_ is a plain attribute; .value goes through a descriptor.
-            f"{kind._value_}{status.status_code._value_}{_span_type(attrs)}{start:020d}"
-            f"{_BLANK[20] if end is None else format(end, '020d')}"
-            f"{_BLANK[10] if rid is None else format(rid, '010d')}"
-            f"{len(name):06d}{name}{len(scope_name):06d}{scope_name}",
+            head,
             attrs or None,
             message,
             events,

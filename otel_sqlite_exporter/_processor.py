@@ -43,6 +43,8 @@ _START_SHARE = 0.9
 _ATTEMPTS = 3
 # Span events the mapper takes at a time: small, so spans are mapped while still cache-warm.
 _MAP_BATCH = 1024
+# How long the constructor waits for the file to open (it goes on in the background after).
+_OPEN_WAIT_SECONDS = 1.0
 # Prepared documents waiting for the committer, in characters.
 _PREPARED_BUDGET = 64 * 1024 * 1024
 
@@ -92,6 +94,11 @@ class SQLiteSpanProcessor(SpanProcessor):
         # Started once the writer has opened (and so created) the file; stopped by shutdown().
         self._sweeper = RetentionSweeper.from_options(self.options)
         self._start_threads()
+        # Opening runs a few hundred statements, and a thread coming back from SQLite waits for
+        # the GIL up to a switch interval (5 ms) each time: under a busy application the first
+        # open would take seconds while spans pile up. So the file is opened now, while the
+        # application is still setting up; past the wait it goes on opening in the background.
+        self._opened.wait(_OPEN_WAIT_SECONDS)
         add_listener(self)
         on_fork(
             self,
@@ -265,6 +272,7 @@ class SQLiteSpanProcessor(SpanProcessor):
 
     def _start_threads(self) -> None:
         self._wake = threading.Event()
+        self._opened = threading.Event()
         self._prepared: collections.deque[_Batch | None] = collections.deque()
         self._prepared_bytes = 0
         self._prepared_cv = threading.Condition()
@@ -274,6 +282,11 @@ class SQLiteSpanProcessor(SpanProcessor):
         self._committer.start()
 
     def _map_loop(self) -> None:
+        try:
+            self._open()
+        except Exception:  # noqa: BLE001 - reported by the first batch, which opens it again
+            pass
+        self._opened.set()
         delay = self.options.schedule_delay_millis / 1000
         while True:
             if len(self._queue) < self._wake_at and not self._shutdown:

@@ -587,14 +587,37 @@ class TraceWriter:
     def __init__(self, options: Options) -> None:
         self.path = options.path
         self._conn = connect(options.path, busy_timeout_millis=options.busy_timeout_millis)
-        opened = os.stat(os.path.abspath(options.path))
-        self._opened_as = (os.path.abspath(options.path), opened.st_dev, opened.st_ino)  # see replaced()
+        self._resources_conn: sqlite3.Connection | None = None
+        try:
+            self._setup(options)
+            # Opened now, not at the first span: see SQLiteSpanProcessor's constructor.
+            self._resources_conn = connect(options.path, busy_timeout_millis=options.busy_timeout_millis)
+        except BaseException:
+            self._conn.close()
+            raise
+        self._prices: PriceTable = options.prices
+        self._unchecked = 0  # characters of batches committed since the last checkpoint
+        #: Held whenever this writer is inside SQLite, so that fork() can wait for a safe moment.
+        self.busy = threading.Lock()
+        self._mapper = SpanMapper(options, self._resource_id)
+        #: Spans skipped because they could not be mapped at all (a bug worth reporting).
+        self.unmappable = 0
+
+    def _setup(self, options: Options) -> None:
+        path = os.path.abspath(options.path)
+        opened = os.stat(path)
+        self._opened_as = (path, opened.st_dev, opened.st_ino)  # see replaced()
         for statement in _PIPELINE:
             self._conn.execute(statement)
         # Checkpoints run when the writer has a moment (see checkpoint()), not inside a commit: a
         # page rewritten by many batches is then copied back into the file once.
         self._conn.execute("PRAGMA wal_autocheckpoint = 0")
-        self._conn.executemany("INSERT INTO temp.attribute_keys VALUES (?, ?, ?, ?)", attribute_key_rows())
+        # One statement, not one per row: each costs a wait for the GIL under a busy application.
+        self._conn.execute(
+            "INSERT INTO temp.attribute_keys SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3 "
+            "FROM json_each(?)",
+            (to_json(attribute_key_rows()),),
+        )
         host = socket.gethostname()
         self._conn.execute("INSERT INTO temp.writer_identity VALUES (?, ?)", (os.getpid(), host))
         # A process that crashed while writing this file left its sessions running: a new writer
@@ -606,15 +629,6 @@ class TraceWriter:
                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 (str(options.retention_days),),
             )
-        self._prices: PriceTable = options.prices
-        self._busy_timeout_millis = options.busy_timeout_millis
-        self._resources_conn: sqlite3.Connection | None = None
-        self._unchecked = 0  # characters of batches committed since the last checkpoint
-        #: Held whenever this writer is inside SQLite, so that fork() can wait for a safe moment.
-        self.busy = threading.Lock()
-        self._mapper = SpanMapper(options, self._resource_id)
-        #: Spans skipped because they could not be mapped at all (a bug worth reporting).
-        self.unmappable = 0
 
     def write(
         self,
@@ -747,8 +761,6 @@ class TraceWriter:
         # Called while mapping, which may overlap a commit in another thread: resources get a
         # connection of their own. A resource row is harmless on its own, so it commits at once.
         with self.busy:
-            if self._resources_conn is None:
-                self._resources_conn = connect(self.path, busy_timeout_millis=self._busy_timeout_millis)
             return store_resource(self._resources_conn, attributes, schema_url, service_name)
 
     def _rollback(self) -> None:
