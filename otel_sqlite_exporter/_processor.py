@@ -64,6 +64,9 @@ class SQLiteSpanProcessor(SpanProcessor):
     ``shutdown_timeout_millis``; explicit arguments win
     over ``OTEL_EXPORTER_SQLITE_*`` environment variables.
 
+    The constructor opens the file (creating it), waiting at most a second; past that, opening
+    goes on in the background and spans queue meanwhile.
+
     With ``budget=TokenBudget(...)`` each ended span's usage is counted against its session on the
     thread that ends it, so a budget callback runs before the application's next step.
     """
