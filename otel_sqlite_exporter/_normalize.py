@@ -19,6 +19,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import orjson
+from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.sdk.trace import ReadableSpan, Span
 from opentelemetry.sdk.util import BoundedList
 from opentelemetry.trace import SpanKind, Status
@@ -195,7 +196,7 @@ _FIELDS = (
     "context", "parent", "status", "instrumentation_scope",
     "name", "kind", "start_time", "end_time", "resource",
 )  # fmt: skip
-_SDK_FIELDS = operator.itemgetter(*(f"_{field}" for field in _FIELDS))
+_SDK_FIELDS = operator.itemgetter(*(f"_{field}" for field in (*_FIELDS, "attributes", "events", "links")))
 _PROPERTIES = operator.attrgetter(*_FIELDS)
 
 
@@ -224,16 +225,22 @@ class SpanMapper:
     def row(self, span: ReadableSpan) -> list[Any]:
         # The hottest Python in the package: it shares the GIL with the traced application.
         # The SDK's own spans are read through their fields: each property costs a call.
-        ctx, parent, status, scope, name, kind, start, end, resource = (
-            _SDK_FIELDS(span.__dict__) if type(span) in _SDK_SPAN_TYPES else _PROPERTIES(span)
-        )
+        if type(span) in _SDK_SPAN_TYPES:
+            ctx, parent, status, scope, name, kind, start, end, resource, raw, raw_events, raw_links = (
+                _SDK_FIELDS(span.__dict__)
+            )
+            # Ended: its attributes are frozen, and read in place (never written to here).
+            attrs = raw._dict if type(raw) is BoundedAttributes and raw._immutable else _attributes(span)
+        else:
+            ctx, parent, status, scope, name, kind, start, end, resource = _PROPERTIES(span)
+            attrs = _attributes(span)
+            raw_events, raw_links = getattr(span, "_events", None), getattr(span, "_links", None)
         # SpanContext is a tuple: (trace_id, span_id, is_remote, ...).
-        attrs = _attributes(span)
         if not self._capture:
             attrs = {k: v for k, v in attrs.items() if not is_content_key(k)}
         # The SDK's events/links properties copy even when empty; look first.
-        span_events = span.events if _maybe_some(getattr(span, "_events", None)) else ()
-        span_links = span.links if _maybe_some(getattr(span, "_links", None)) else ()
+        span_events = span.events if _maybe_some(raw_events) else ()
+        span_links = span.links if _maybe_some(raw_links) else ()
         events = _events(span_events, self._capture, self._redactor) if span_events else None
         links = _links(span_links, self._redactor) if span_links else None
         input_text, output_text, reasoning_text = (
