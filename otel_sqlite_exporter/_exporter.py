@@ -16,7 +16,7 @@ from otel_sqlite_exporter._config import Options
 from otel_sqlite_exporter._fork import on_fork
 from otel_sqlite_exporter._health import WriteHealth, abandon
 from otel_sqlite_exporter._retention import RetentionSweeper
-from otel_sqlite_exporter._writer import TraceWriter
+from otel_sqlite_exporter._writer import TraceWriter, retire_replaced
 
 
 class SQLiteSpanExporter(SpanExporter):
@@ -126,14 +126,7 @@ class SQLiteSpanExporter(SpanExporter):
         writer = self._writer
         if writer is not None and writer.replaced():
             self._writer = None
-            self._health.file_replaced()
-            # A file moved away keeps what was written: its log, which SQLite leaves under the old
-            # name when the file has moved, is copied into it first. Closing deletes nothing at the path.
-            try:
-                writer.checkpoint(idle=True)
-            except Exception as exc:  # noqa: BLE001 - the old file may be beyond reach
-                self._health.failure(exc, lost=0)
-            writer.close()
+            retire_replaced(writer, self._health)
         if self._writer is None:
             self._writer = TraceWriter(self.options)
             if self._sweeper is not None:

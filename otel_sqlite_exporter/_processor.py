@@ -34,7 +34,7 @@ from otel_sqlite_exporter._session import (
     current_session,
     remove_listener,
 )
-from otel_sqlite_exporter._writer import SessionEvent, TraceWriter
+from otel_sqlite_exporter._writer import SessionEvent, TraceWriter, retire_replaced
 
 # Start rows give way first when the queue fills: a lost start row only delays when a span
 # becomes visible, while a lost end would leave it looking unfinished.
@@ -429,17 +429,9 @@ class SQLiteSpanProcessor(SpanProcessor):
             writer = self._writer
             if check and writer is not None and writer.replaced():
                 self._writer = None
-                self._health.file_replaced()
-                # A file moved away keeps what was written: its log, which SQLite leaves under the
-                # old name when the file has moved, is copied into it first. Closing deletes
-                # nothing at the path. Batches the mapper prepared for the old file go to the new
-                # one (their resource ids may name no row there: those spans lack resource
-                # attributes).
-                try:
-                    writer.checkpoint(idle=True)
-                except Exception as exc:  # noqa: BLE001 - the old file may be beyond reach
-                    self._health.failure(exc, lost=0)
-                writer.close()
+                # Batches the mapper prepared for the old file go to the new one (their resource
+                # ids may name no row there: those spans lack resource attributes).
+                retire_replaced(writer, self._health)
             if self._writer is None:
                 self._writer = TraceWriter(self.options)
                 if self._sweeper is not None:

@@ -28,6 +28,7 @@ from otel_sqlite_exporter._budget import BUDGET_STATUSES, BudgetMark
 from otel_sqlite_exporter._config import Options
 from otel_sqlite_exporter._content import CONTENT_EVENTS
 from otel_sqlite_exporter._exceptions import TraceFileError
+from otel_sqlite_exporter._health import WriteHealth
 from otel_sqlite_exporter._normalize import (
     CLIENT_LIBRARY_SCOPES,
     COUNT_SLOTS,
@@ -793,3 +794,15 @@ class TraceWriter:
         except OSError:
             return False  # not known to be gone (a folder no longer searchable, say): keep writing
         return (info.st_dev, info.st_ino) != (device, inode)
+
+
+def retire_replaced(writer: TraceWriter, health: WriteHealth) -> None:
+    """Leave a writer whose file was removed or replaced (see ``TraceWriter.replaced``): logged
+    once, and the old file keeps what was written, its log (which SQLite leaves under the old
+    name when the file has moved) copied into it first. Closing deletes nothing at the path."""
+    health.file_replaced()
+    try:
+        writer.checkpoint(idle=True)
+    except Exception as exc:  # noqa: BLE001 - the old file may be beyond reach
+        health.failure(exc, lost=0)
+    writer.close()
