@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -68,6 +69,37 @@ def processor(db: Path) -> Iterator[SQLiteSpanProcessor]:
 
 
 # --- start rows, flush, shutdown -------------------------------------------------------------------------
+
+
+def test_the_file_is_open_when_the_constructor_returns(db: Path) -> None:
+    # Opened while the application sets up, not under its first burst of spans.
+    processor = SQLiteSpanProcessor(db)
+    try:
+        assert db.exists()
+        assert query(db, "SELECT count(*) FROM sessions") == [(0,)]
+    finally:
+        processor.shutdown()
+
+
+def test_a_file_that_cannot_be_opened_yet_delays_the_constructor_a_second_at_most(db: Path) -> None:
+    SQLiteSpanProcessor(db).shutdown()
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("PRAGMA locking_mode = EXCLUSIVE")
+    holder.execute("BEGIN EXCLUSIVE")  # in exclusive locking mode, no other connection can even read
+    began = time.monotonic()
+    processor = SQLiteSpanProcessor(db, busy_timeout_millis=5_000)
+    took = time.monotonic() - began
+    provider, tracer = tracer_for(processor)
+    try:
+        assert 0.9 <= took < 2.5, took
+        with tracer.start_as_current_span("made while the file was held"):
+            pass
+        holder.execute("ROLLBACK")
+        holder.close()  # the opening, still waiting, gets through
+        assert processor.force_flush(10_000)
+        assert query(db, "SELECT name FROM spans") == [("made while the file was held",)]
+    finally:
+        provider.shutdown()
 
 
 def test_start_row_is_visible_before_the_span_ends(processor: SQLiteSpanProcessor, db: Path) -> None:
