@@ -38,6 +38,7 @@ from otel_sqlite_exporter._exceptions import ConfigurationError, TraceFileError
 from otel_sqlite_exporter._fork import on_fork
 from otel_sqlite_exporter._health import abandon
 from otel_sqlite_exporter._normalize import COUNT_SLOTS
+from otel_sqlite_exporter._owners import process_alive
 from otel_sqlite_exporter._records import _INT64_MIN, _Record, from_ns
 from otel_sqlite_exporter._schema import connect, open_reader
 
@@ -951,46 +952,6 @@ def _size_of(path: str) -> int:
         return os.path.getsize(path)
     except OSError:
         return 0
-
-
-def interrupt_dead_sessions(conn: sqlite3.Connection, host: str) -> int:
-    """Mark interrupted the running sessions whose writing process, on this host, has died (a crash
-    or a kill): their open spans then read as interrupted at once, not after ``stale_after_seconds``.
-    Each is marked only if it is unchanged since it was read. Returns how many were marked."""
-    me = os.getpid()
-    dead = [
-        (session_id, pid, host)
-        for session_id, pid in conn.execute(
-            "SELECT session_id, owner_pid FROM sessions WHERE status = 'running' AND owner_host = ?", (host,)
-        ).fetchall()
-        if isinstance(pid, int) and pid != me and not process_alive(pid)
-    ]
-    if not dead:
-        return 0
-    conn.executemany(
-        "UPDATE sessions SET status = 'interrupted' WHERE session_id = ? AND status = 'running' "
-        "AND owner_pid = ? AND owner_host = ?",
-        dead,
-    )
-    return len(dead)
-
-
-def process_alive(pid: int) -> bool:
-    """Whether process ``pid`` of this host still runs (a zombie does not; unknown means alive)."""
-    if pid <= 0 or os.name == "nt":
-        return True  # on Windows signal 0 would not probe the process: only silence marks it stale
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True  # exists, owned by someone else
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
-            state = handle.read().rpartition(")")[2].split()
-    except OSError:
-        return True
-    return not state or state[0] not in ("Z", "X")
 
 
 def _set(conn: sqlite3.Connection, key: str, value: object) -> None:

@@ -18,6 +18,7 @@ from typing import TypeVar
 from urllib.request import pathname2url
 
 from otel_sqlite_exporter._exceptions import NotATraceFileError, SchemaVersionError, TraceFileError
+from otel_sqlite_exporter._owners import read_dead_as_interrupted
 
 logger = logging.getLogger("otel_sqlite_exporter")
 T = TypeVar("T")
@@ -386,6 +387,8 @@ def open_reader(path: str, *, busy_timeout_millis: int = 10_000) -> sqlite3.Conn
             if version < added_in:
                 for statement in statements:
                     conn.execute(statement)
+        if version >= 3:  # sessions record their owner since version 3
+            read_dead_as_interrupted(conn)
 
     return _open(path, f"file:{pathname2url(path)}?mode=ro", busy_timeout_millis, setup)
 

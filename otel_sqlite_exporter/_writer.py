@@ -45,8 +45,8 @@ from otel_sqlite_exporter._normalize import (
     attribute_key_rows,
     to_json,
 )
+from otel_sqlite_exporter._owners import interrupt_dead_sessions
 from otel_sqlite_exporter._pricing import PriceTable
-from otel_sqlite_exporter._retention import interrupt_dead_sessions
 from otel_sqlite_exporter._schema import connect
 
 logger = logging.getLogger("otel_sqlite_exporter")

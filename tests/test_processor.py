@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
-from helpers import query
+from helpers import query, sha256
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExportResult
@@ -299,6 +299,19 @@ def test_sigkill_leaves_started_spans_on_disk(db: Path) -> None:
     assert query(db, "PRAGMA integrity_check") == [("ok",)]
     assert query(db, "SELECT count(DISTINCT session_id) FROM spans") == [(1,)]
     assert query(db, "SELECT task, status FROM sessions") == [("doomed", "running")]
+    # A reader, which never writes, reads the dead process's session and open spans as interrupted.
+    before = sha256(db)
+    with TraceStore(db) as store:
+        [crashed] = store.get_sessions(status="interrupted")
+        assert (crashed.task, store.get_sessions(status="running")) == ("doomed", [])
+        assert sorted(e.name for e in store.get_traces(status="interrupted")) == [
+            "agent run",
+            "llm call in flight",
+            "tool in flight",
+        ]
+        assert "interrupted" in store.format_tree(crashed.id)
+    assert sha256(db) == before
+    assert query(db, "SELECT status FROM sessions") == [("running",)]
     # The file stays usable: a new writer marks the dead process's session interrupted and writes on.
     processor = SQLiteSpanProcessor(db)
     provider, tracer = tracer_for(processor)

@@ -926,17 +926,8 @@ def test_a_span_left_open_by_a_killed_process_reads_interrupted(tmp_path: Path) 
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait(10)
-    with TraceStore(path) as s:
-        assert [(e.name, e.status) for e in s.get_traces("crashed")] == [
-            ("agent run", "running"),
-            ("finished step", "unset"),
-            ("stuck step", "running"),
-        ]
-        assert s.get_session("crashed").status == "running"
-    conn = sqlite3.connect(path)
-    with conn:
-        conn.execute("UPDATE sessions SET status = 'interrupted' WHERE session_id = 'crashed'")
-    conn.close()
+    # The file still says running (nothing has written to it since); the reader knows better.
+    assert query(path, "SELECT status FROM sessions") == [("running",)]
     with TraceStore(path) as s:
         entries = s.get_traces("crashed")
         assert [(e.name, e.status, e.end_time) for e in entries] == [
