@@ -52,6 +52,8 @@ from otel_sqlite_exporter._schema import connect
 logger = logging.getLogger("otel_sqlite_exporter")
 
 _TOKENS = COUNT_SLOTS
+# Rows built and encoded together (see TraceWriter.prepare).
+_ENCODE_CHUNK = 64
 _SLOTS = tuple(SLOT_KEYS)
 _ELEMENT = {name: index for index, name in enumerate(ROW_ELEMENTS)}
 
@@ -498,9 +500,6 @@ _CLEAR = tuple(f"DELETE FROM temp.{name}" for name in _BATCH_TABLES)
 
 # -- session() blocks --------------------------------------------------------------------------------
 
-# Rows encoded together (see prepare()).
-_ENCODE_CHUNK = 64
-
 # Under sustained load the log is checkpointed after about this much batch data (~64 MiB).
 _CHECKPOINT_AFTER_CHARS = 64 * 1024 * 1024
 
@@ -648,8 +647,8 @@ class TraceWriter:
     def prepare(self, spans: Iterable[ReadableSpan]) -> str | None:
         """The batch document for :meth:`commit` (None for no spans). Needs the GIL; may run in
         another thread than ``commit``, so the next batch is prepared while one commits."""
-        # A few rows at a time: each row list is then freed before the next collection of the
-        # youngest generation, instead of surviving into older ones the application pays to scan.
+        # A few rows at a time: the row lists are freed young, few of them left for the garbage
+        # collector (which runs in whichever thread allocates, the application's too) to scan.
         spans = list(spans)
         encode = self._mapper.encode
         parts = []
