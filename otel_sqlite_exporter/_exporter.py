@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,13 +12,12 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from otel_sqlite_exporter._budget import BudgetAlert, BudgetMark, BudgetTracker
 from otel_sqlite_exporter._config import Options
-from otel_sqlite_exporter._fork import on_fork
-from otel_sqlite_exporter._health import WriteHealth, abandon
+from otel_sqlite_exporter._file_exporter import FileExporter
 from otel_sqlite_exporter._retention import RetentionSweeper
 from otel_sqlite_exporter._writer import TraceWriter, retire_replaced
 
 
-class SQLiteSpanExporter(SpanExporter):
+class SQLiteSpanExporter(FileExporter, SpanExporter):
     """Writes each ``export()`` batch to the trace file in one transaction.
 
     With no arguments every option comes from ``OTEL_EXPORTER_SQLITE_*`` (the SDK's
@@ -30,23 +28,14 @@ class SQLiteSpanExporter(SpanExporter):
     and the budget's callbacks run on the exporting thread, after the batch's write.
     """
 
+    _writer: TraceWriter | None
+
     def __init__(self, path: str | os.PathLike[str] | None = None, **options: Any) -> None:
-        self.options = Options.resolve(path, options)
-        self._writer: TraceWriter | None = None
-        self._lock = threading.Lock()
-        self._health = WriteHealth(self.options.path)
-        self._shutdown = False
+        self._start(Options.resolve(path, options), what="spans")
         budget = self.options.budget
         self._budget = None if budget is None else BudgetTracker(budget, self.options.prices)
         # Started once the writer has opened (and so created) the file; stopped by shutdown().
         self._sweeper = RetentionSweeper.from_options(self.options)
-        # export() runs inside SQLite under the lock; fork() waits for it (see _fork).
-        on_fork(
-            self,
-            before=lambda exporter: exporter._lock.acquire(),
-            after_in_parent=lambda exporter: exporter._lock.release(),
-            after_in_child=SQLiteSpanExporter._after_fork_in_child,
-        )
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         if self._shutdown:
@@ -96,30 +85,14 @@ class SQLiteSpanExporter(SpanExporter):
                 alerts.extend(seen[1])
 
     def shutdown(self) -> None:
-        with self._lock:
-            self._shutdown = True
-            if self._writer is not None:
-                self._writer.close()
-            self._writer = None
+        super().shutdown()
         if self._sweeper is not None:
             self._sweeper.stop()
 
-    def force_flush(self, timeout_millis: int = 30_000) -> bool:
-        # Every export() commits before it returns: there is nothing buffered here.
-        return True
-
-    @property
-    def stats(self) -> dict[str, Any]:
-        """``written`` and ``failed`` spans, ``errors`` (failed exports) and the ``last_error``."""
-        return self._health.stats()
-
     def _after_fork_in_child(self) -> None:
-        # The parent's connection is not ours to use or close: keep it untouched, open our own.
-        self._lock = threading.Lock()
+        super()._after_fork_in_child()
         if self._budget is not None:
             self._budget.after_fork()
-        abandon(self._writer)
-        self._writer = None
 
     def _open(self) -> TraceWriter:
         # Before each export (one stat): a file removed or replaced is left, and the path opened anew.
