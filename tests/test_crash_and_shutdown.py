@@ -28,8 +28,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers import Tracing, query, start_tracing
-from opentelemetry import trace
+from helpers import query, start_tracing
+from test_retention import write_session
 
 from otel_sqlite_exporter import (
     ConfigurationError,
@@ -327,47 +327,6 @@ def test_sigkill_inside_a_batch_transaction_leaves_whole_batches_and_exact_rollu
 # --- a crash inside a retention sweep --------------------------------------------------------------------
 
 
-def write_session(tracing: Tracing, session_id: str, *, start: int, traces: int, calls: int) -> int:
-    """A session of agent runs, each with ``calls`` model calls (one tool call under each)."""
-    tracer = tracing.tracer
-    made = 0
-    at = start
-    for _ in range(traces):
-        root = tracer.start_span(
-            "agent",
-            start_time=at,
-            attributes={"session.id": session_id, "gen_ai.operation.name": "invoke_agent"},
-        )
-        made += 1
-        for call in range(calls):
-            began = at + 1_000 + call * 1_000_000
-            llm = tracer.start_span(
-                "chat gpt-4o",
-                context=trace.set_span_in_context(root),
-                start_time=began,
-                attributes={
-                    "gen_ai.operation.name": "chat",
-                    "gen_ai.request.model": "gpt-4o",
-                    "gen_ai.usage.input_tokens": 100 + call,
-                    "gen_ai.usage.output_tokens": 10,
-                    "gen_ai.usage.cache_read_input_tokens": 20,
-                    "gen_ai.prompt": PROMPT,
-                },
-            )
-            tool = tracer.start_span(
-                "execute_tool lookup",
-                context=trace.set_span_in_context(llm),
-                start_time=began + 10,
-                attributes={"gen_ai.operation.name": "execute_tool"},
-            )
-            tool.end(end_time=began + 20)
-            llm.end(end_time=began + 900_000)
-            made += 2
-        root.end(end_time=at + 10_000_000)
-        at += 20_000_000
-    return made
-
-
 OLD = 300  # small old sessions
 SWEEP = """
 import sys
@@ -382,11 +341,11 @@ def test_sigkill_inside_a_retention_sweep_leaves_whole_sessions_and_the_next_swe
     tracing = start_tracing(db)
     now = time.time_ns()
     # The oldest session is larger than a sweep transaction: it goes over several, newest spans first.
-    large = write_session(tracing, "large", start=now - 50 * DAY, traces=150, calls=10)
+    large = write_session(tracing, "large", start=now - 50 * DAY, traces=150, calls=10, tools=1, text=PROMPT)
     for i in range(OLD):
-        write_session(tracing, f"old-{i:03}", start=now - 40 * DAY + i * 1_000_000_000, traces=2, calls=2)
+        write_session(tracing, f"old-{i:03}", start=now - 40 * DAY + i * 1_000_000_000, tools=1, text=PROMPT)
     for i in range(5):
-        write_session(tracing, f"recent-{i}", start=now - DAY, traces=2, calls=2)
+        write_session(tracing, f"recent-{i}", start=now - DAY, tools=1, text=PROMPT)
     tracing.close()
     recent = query(db, "SELECT * FROM sessions WHERE session_id GLOB 'recent-*' ORDER BY 1")
     recent_spans = query(db, "SELECT * FROM spans WHERE session_id GLOB 'recent-*' ORDER BY id")
