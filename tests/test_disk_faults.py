@@ -15,7 +15,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -143,6 +143,28 @@ def _balanced(stats: dict[str, object]) -> bool:
     return stats["enqueued"] == stats["written"] + stats["failed"] + stats["dropped"] + stats["queued"]
 
 
+def _until_writes_fail(
+    tracer: Tracer, flush: Callable[[], object], failed: Callable[[], object]
+) -> list[str]:
+    """Bursts until writes fail, as an application would go on tracing (the write-ahead log reuses
+    its space until a checkpoint cannot grow the file); the names made."""
+    made: list[str] = []
+    for round_ in range(40):
+        made += _burst(tracer, f"full{round_}", text=PROMPT)
+        flush()
+        if failed():
+            break
+    return made
+
+
+def _logged_once_and_recovered(caplog: pytest.LogCaptureFixture, path: Path, *reason: str) -> None:
+    """One error naming the path and the reason, and one "works again" once the cause was gone."""
+    errors = _logged(caplog, logging.ERROR)
+    assert len(errors) == 1, errors
+    assert str(path) in errors[0] and all(part in errors[0] for part in reason), errors[0]
+    assert _recoveries(caplog) == [str(path)]
+
+
 # --- a full disk -------------------------------------------------------------------------------------
 
 
@@ -157,13 +179,7 @@ def test_processor_on_a_full_disk_goes_on_and_resumes_when_space_returns(
         before = _burst(tracer, "before", text=PROMPT)
         assert processor.force_flush(10_000)
         filler = _fill(small_disk)
-        # The write-ahead log reuses its space until a checkpoint cannot grow the file: keep
-        # tracing until writes fail, as an application would.
-        for round_ in range(40):
-            _burst(tracer, f"full{round_}", text=PROMPT)
-            processor.force_flush(10_000)
-            if processor.stats["failed"]:
-                break
+        _until_writes_fail(tracer, processor.force_flush, lambda: processor.stats["failed"])
         for round_ in range(3):  # failing on: still logged once
             _burst(tracer, f"still-full{round_}", text=PROMPT)
             processor.force_flush(10_000)
@@ -182,10 +198,7 @@ def test_processor_on_a_full_disk_goes_on_and_resumes_when_space_returns(
     finally:
         provider.shutdown()
 
-    errors = _logged(caplog, logging.ERROR)
-    assert len(errors) == 1, errors
-    assert str(path) in errors[0] and "disk is full" in errors[0]
-    assert _recoveries(caplog) == [str(path)]
+    _logged_once_and_recovered(caplog, path, "disk is full")
     ended = _ended(path)
     assert set(before) <= ended and set(after) <= ended
     assert committed <= _span_keys(path)
@@ -246,11 +259,7 @@ def test_exporter_behind_batch_processor_on_a_full_disk_resumes_when_space_retur
         made += len(before)
         assert provider.force_flush(10_000)
         filler = _fill(small_disk)
-        for round_ in range(40):
-            made += len(_burst(tracer, f"full{round_}", text=PROMPT))
-            provider.force_flush(10_000)
-            if exporter.stats["failed"]:
-                break
+        made += len(_until_writes_fail(tracer, provider.force_flush, lambda: exporter.stats["failed"]))
         made += len(_burst(tracer, "still-full", text=PROMPT))
         provider.force_flush(10_000)
         assert exporter.stats["failed"] > 0, exporter.stats
@@ -266,10 +275,7 @@ def test_exporter_behind_batch_processor_on_a_full_disk_resumes_when_space_retur
     stats = exporter.stats
     assert stats["written"] + stats["failed"] == made, stats
     assert stats["errors"] > 0 and "full" in str(stats["last_error"])
-    errors = _logged(caplog, logging.ERROR)
-    assert len(errors) == 1, errors
-    assert str(path) in errors[0] and "disk is full" in errors[0]
-    assert _recoveries(caplog) == [str(path)]
+    _logged_once_and_recovered(caplog, path, "disk is full")
     ended = _ended(path)
     assert set(before) <= ended and set(after) <= ended
     assert committed <= _span_keys(path)
@@ -334,10 +340,7 @@ def test_processor_on_a_read_only_file_system_goes_on_and_resumes_when_writable(
     finally:
         provider.shutdown()
 
-    errors = _logged(caplog, logging.ERROR)
-    assert len(errors) == 1, errors
-    assert str(path) in errors[0] and "the file system holding" in errors[0] and "read-only" in errors[0]
-    assert _recoveries(caplog) == [str(path)]
+    _logged_once_and_recovered(caplog, path, "the file system holding", "read-only")
     assert committed <= _span_keys(path)
     assert _ended(path) == set(earlier) | set(later)
     _assert_sound(path)
