@@ -350,6 +350,22 @@ def test_first_key_in_table_order_wins(db: TraceFile, column: str, first: int) -
     assert row[column] == _value(column, first)
 
 
+def test_an_empty_or_sequence_value_leaves_the_column_to_the_next_key(db: TraceFile) -> None:
+    row = db.record(
+        "chat",
+        attributes={
+            "gen_ai.response.model": "",
+            "gen_ai.request.model": "gpt-4o",
+            "gen_ai.usage.input_tokens": (1, 2),
+            "gen_ai.usage.prompt_tokens": 7,
+            # Present but not a count: the best-ranked key still decides, and the column stays empty.
+            "gen_ai.usage.output_tokens": "many",
+            "gen_ai.usage.completion_tokens": 9,
+        },
+    )
+    assert (row["model"], row["input_tokens"], row["output_tokens"]) == ("gpt-4o", 7, None)
+
+
 def test_response_model_beats_request_model_and_session_id_beats_conversation(db: TraceFile) -> None:
     row = db.record(
         "chat p",
