@@ -249,16 +249,16 @@ def test_indexes_serve_the_common_queries(trace_file: Path) -> None:
         assert "session_id" in firsts
         assert "start_time_unix_nano" in firsts
         assert "model" in firsts
-        assert any(cols[:2] == ["type", "name"] for _unique, cols in spans)
+        assert {"type", "name"} <= firsts
         assert (True, ["trace_id", "span_id"]) in spans
         sessions = index_columns(conn, "sessions")
         assert any(cols[0] == "start_time_unix_nano" for _unique, cols in sessions)
         # The queries use them (not a full scan).
-        plan = " ".join(
-            str(r[3])
-            for r in conn.execute("EXPLAIN QUERY PLAN SELECT * FROM spans WHERE session_id = 'x'").fetchall()
-        )
-        assert "USING INDEX" in plan
+        for where in ("session_id = 'x'", "type = 'llm' AND name = 'chat'"):
+            plan = " ".join(
+                str(r[3]) for r in conn.execute(f"EXPLAIN QUERY PLAN SELECT * FROM spans WHERE {where}")
+            )
+            assert "USING INDEX" in plan, where
     finally:
         conn.close()
 
@@ -511,9 +511,22 @@ def write_mixed_file(path: Path) -> None:
         provider.shutdown()
 
 
+def downgrade_to_v4(path: Path) -> None:
+    """The file as version 4 wrote it: with the (type, name) index."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    for statement in (
+        "CREATE INDEX spans_by_type_name ON spans (type, name)",
+        "DELETE FROM schema_migrations WHERE version = 5",
+        "PRAGMA user_version = 4",
+    ):
+        conn.execute(statement)
+    conn.close()
+
+
 def downgrade_to_v3(path: Path) -> None:
     """The file as version 3 wrote it: no logs, no reasoning text or response ids, a three-column
     full-text index."""
+    downgrade_to_v4(path)
     conn = sqlite3.connect(path, isolation_level=None)
     columns = "name, input_text, output_text"
     for statement in (
@@ -742,6 +755,27 @@ def test_upgrade_from_version_3_indexes_reasoning_and_keeps_search(tmp_path: Pat
     conn.commit()
     conn.close()
     assert query(path, "SELECT rowid FROM spans_fts WHERE spans_fts MATCH 'zebras'") == [(1,)]
+
+
+def test_upgrade_from_version_4_drops_the_type_name_index_and_keeps_every_query(tmp_path: Path) -> None:
+    path = tmp_path / "v4.db"
+    write_mixed_file(path)
+    spans = query(path, "SELECT * FROM spans ORDER BY id")
+    downgrade_to_v4(path)
+
+    before = sha256(path)
+    with otel_sqlite_exporter.TraceStore(path) as store:  # a reader leaves version 4 as it is
+        assert len(store.get_traces()) == len(spans)
+    assert sha256(path) == before
+
+    connect(str(path)).close()
+    assert query(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+    assert query(path, "SELECT name FROM sqlite_master WHERE name = 'spans_by_type_name'") == []
+    assert query(path, "SELECT * FROM spans ORDER BY id") == spans
+    assert query(path, "PRAGMA integrity_check") == [("ok",)]
+    with otel_sqlite_exporter.TraceStore(path) as store:
+        found = store.get_traces(event_type="span", name="child")
+        assert [(entry.type, entry.name) for entry in found] == [("span", "child")]
 
 
 def test_a_file_locked_too_long_is_reported_as_locked(tmp_path: Path) -> None:
