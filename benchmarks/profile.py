@@ -47,6 +47,7 @@ TRANSACTION = 8_192  # spans in one transaction under load (half of max_batch_si
 # Statements of the write path, by how their SQL begins.
 STATEMENTS = (
     ("BEGIN", "BEGIN IMMEDIATE (the write lock)"),
+    ("INSERT INTO temp.write_batch", "write: all the steps below, in one statement"),
     ("INSERT INTO temp.stage_batch", "stage: unpack the document, pick normalised columns"),
     ("SELECT DISTINCT model", "models not priced yet"),
     ("INSERT OR IGNORE INTO temp.prices", "price a new model"),
@@ -182,6 +183,7 @@ def alone(spans: int, tmp: str, db: str | None) -> None:
     del ended[:]
 
     writer = TraceWriter(Options.resolve(target, {}))
+    writer.stepwise = True  # to time each step: the committer runs them as one statement
     steps = Timings()
     payloads: list[tuple[str, int]] = []
     made = 0

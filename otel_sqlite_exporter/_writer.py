@@ -6,8 +6,8 @@ staging, picking the normalised columns from each span's attributes (the table f
 
 Why this shape: the sqlite3 module releases the GIL while SQLite works and must take it back
 after every statement step (every row of an ``executemany``). While the traced application keeps
-the interpreter busy, each take-back can wait a whole switch interval (5 ms). So the steps are
-grouped into three temp triggers and one recursive query: the writer takes the GIL back a few
+the interpreter busy, each take-back can wait a whole switch interval (5 ms). So the steps run as
+one statement, through a temp trigger (``_WRITE_TRIGGER``): the writer takes the GIL back a few
 times per batch, and SQLite does the per-row work on the other core.
 """
 
@@ -118,7 +118,10 @@ _SCRATCH = (
         service_name TEXT, user_id TEXT)""",
     "CREATE TEMP TABLE moved_traces (trace_id TEXT PRIMARY KEY, old_session_id TEXT)",
     "CREATE TEMP TABLE touched_sessions (session_id TEXT PRIMARY KEY)",
-    "CREATE TEMP TABLE ancestors (trace_id, span_id, PRIMARY KEY (trace_id, span_id))",
+    # level: how many steps above a span with usage (see _CLIMB); 0 for the first step.
+    "CREATE TEMP TABLE ancestors (trace_id, span_id, level INTEGER NOT NULL DEFAULT 0, "
+    "PRIMARY KEY (trace_id, span_id))",
+    "CREATE INDEX temp.ancestors_by_level ON ancestors (level)",
     # Stored traces outside the batch whose rollups change with it (a repeat of a model call found).
     "CREATE TEMP TABLE recounted_traces (trace_id TEXT PRIMARY KEY)",
     "CREATE TEMP TABLE repeated_spans (id INTEGER PRIMARY KEY, trace_id TEXT)",
@@ -142,8 +145,7 @@ _present = "{type} NOT IN ('null', 'array', 'object') AND {atom} != ''"
 _better_present = _present.format(
     type="json_type(staged_spans.attributes, b.path)", atom="json_extract(staged_spans.attributes, b.path)"
 )
-_STAGE_TRIGGER = f"""
-CREATE TEMP TRIGGER stage_batch INSTEAD OF INSERT ON stage_batch BEGIN
+_STAGE = f"""
     -- LIMIT -1 OFFSET 0 keeps SQLite from inlining the subqueries, which would read the head
     -- element (and parse the flags) again for every column taken from it.
     INSERT INTO staged_spans ({", ".join(_STAGED_FROM_ROW)})
@@ -166,11 +168,10 @@ CREATE TEMP TRIGGER stage_batch INSTEAD OF INSERT ON stage_batch BEGIN
               AND (k.rank = 0 OR NOT EXISTS (
                   SELECT 1 FROM attribute_keys AS b WHERE b.slot = k.slot AND b.rank < k.rank
                   AND {_better_present}))))
-    WHERE attributes IS NOT NULL;
-END"""
+    WHERE attributes IS NOT NULL;"""
 _NEW_MODELS = """
-SELECT DISTINCT model FROM temp.staged_spans
-WHERE model IS NOT NULL AND model NOT IN (SELECT model FROM temp.prices)
+SELECT DISTINCT model FROM staged_spans
+WHERE model IS NOT NULL AND model NOT IN (SELECT model FROM prices)
 """
 
 # -- step 2: traces, sessions, the span upsert ----------------------------------------------------
@@ -303,8 +304,7 @@ _STAGED_PENDING = """SELECT p.id FROM staged_spans AS st
         CROSS JOIN pending_content AS p ON p.trace_id = st.trace_id AND p.span_id = st.span_id"""
 
 _REWRITTEN = ", ".join(f"{c} = {_UPDATED.get(c, f'excluded.{c}')}" for c in _SPAN_DATA)
-_STORE_TRIGGER = f"""
-CREATE TEMP TRIGGER store_batch INSTEAD OF INSERT ON store_batch BEGIN
+_STORE = f"""
     -- A trace's session: its root's explicit session, else the earliest-starting span's, else its
     -- own id. The rank of the span that named it is kept, so the choice holds in any arrival order.
     INSERT INTO staged_traces (trace_id, explicit_session, session_rank, service_name, user_id)
@@ -393,13 +393,26 @@ CREATE TEMP TRIGGER store_batch INSTEAD OF INSERT ON store_batch BEGIN
     WHERE spans.response_id = r.response_id AND spans.has_usage = 1 AND spans.usage_below = 0
       AND ({" OR ".join(f"spans.{c} IS NULL" for c in _TOKENS)});
     {MERGE_PENDING_CONTENT.format(pending=_STAGED_PENDING)}
-    {DELETE_MERGED_CONTENT.format(pending=_STAGED_PENDING)}
-END"""
+    {DELETE_MERGED_CONTENT.format(pending=_STAGED_PENDING)}"""
 
 # -- step 3: every ancestor of a span with usage is marked usage_below ------------------------------
-# (A recursive query cannot run inside a trigger, so this is a statement of its own.)
 
 _staged_usage = " OR ".join(f"{c} IS NOT NULL" for c in (*_TOKENS, "explicit_cost"))
+_climbs = "sp.parent_span_id IS NOT NULL AND sp.is_root = 0 AND sp.usage_below = 0"
+# A recursive query cannot run inside a trigger: write_batch climbs a level a statement, up to
+# _CLIMB_LEVELS (agents nest a few levels deep), and leaves a deeper climb to _WALK_UP.
+_CLIMB_LEVELS = 16
+_CLIMB = f"""
+    INSERT OR IGNORE INTO ancestors (trace_id, span_id)
+    SELECT trace_id, parent_span_id FROM staged_spans
+    WHERE parent_span_id IS NOT NULL AND NOT flags & {FLAG_ROOT} AND ({_staged_usage});""" + "".join(
+    f"""
+    INSERT OR IGNORE INTO ancestors (trace_id, span_id, level)
+    SELECT sp.trace_id, sp.parent_span_id, {level + 1}
+    FROM ancestors AS a CROSS JOIN spans AS sp ON sp.trace_id = a.trace_id AND sp.span_id = a.span_id
+    WHERE a.level = {level} AND {_climbs};"""
+    for level in range(_CLIMB_LEVELS)
+)
 _WALK_UP = f"""
 WITH RECURSIVE up (trace_id, span_id) AS (
     -- The parents of staged spans with usage, and the ancestors seeded by claimed pending marks.
@@ -410,7 +423,7 @@ WITH RECURSIVE up (trace_id, span_id) AS (
     SELECT sp.trace_id, sp.parent_span_id
     FROM up JOIN spans AS sp ON sp.trace_id = up.trace_id AND sp.span_id = up.span_id
     -- An ancestor already marked has had its own ancestors marked: stop there.
-    WHERE sp.parent_span_id IS NOT NULL AND sp.is_root = 0 AND sp.usage_below = 0
+    WHERE {_climbs}
 )
 INSERT OR IGNORE INTO temp.ancestors (trace_id, span_id) SELECT trace_id, span_id FROM up
 """
@@ -418,8 +431,7 @@ INSERT OR IGNORE INTO temp.ancestors (trace_id, span_id) SELECT trace_id, span_i
 # -- step 4: marks, rollups, clean-up ---------------------------------------------------------------
 
 _counted = "FILTER (WHERE s.has_usage = 1 AND s.usage_below = 0)"
-_FINISH_TRIGGER = f"""
-CREATE TEMP TRIGGER finish_batch INSTEAD OF INSERT ON finish_batch BEGIN
+_FINISH = f"""
     UPDATE spans SET usage_below = 1
     WHERE usage_below = 0 AND (trace_id, span_id) IN (SELECT trace_id, span_id FROM ancestors);
     INSERT OR IGNORE INTO pending_ancestors (trace_id, span_id)
@@ -495,17 +507,41 @@ CREATE TEMP TRIGGER finish_batch INSTEAD OF INSERT ON finish_batch BEGIN
         GROUP BY se.session_id
     ) AS a
     WHERE sessions.session_id = a.session_id;
-    {" ".join(f"DELETE FROM {name};" for name in _BATCH_TABLES)}
+    {" ".join(f"DELETE FROM {name};" for name in _BATCH_TABLES)}"""
+
+# The whole batch in one statement: each statement costs the committer a wait for the GIL (see the
+# module's docstring). It stops early, leaving the rest to the steps below, when new models need a
+# price from Python first, or when ancestors lie deeper than it climbs. Then (a BEFORE trigger)
+# the row is not inserted, which the caller sees as a rowcount of 0; else an AFTER trigger deletes
+# the document again.
+_WRITE_TRIGGER = f"""
+CREATE TEMP TRIGGER write_batch BEFORE INSERT ON write_batch BEGIN
+    {_STAGE}
+    SELECT RAISE(IGNORE) WHERE EXISTS ({_NEW_MODELS});
+    {_STORE}
+    {_CLIMB}
+    SELECT RAISE(IGNORE) WHERE EXISTS (SELECT 1 FROM ancestors WHERE level = {_CLIMB_LEVELS});
+    {_FINISH}
 END"""
 
 _PIPELINE = (
     *_SCRATCH,
-    "CREATE TEMP VIEW stage_batch (payload) AS SELECT NULL",
-    _STAGE_TRIGGER,
-    "CREATE TEMP VIEW store_batch (go) AS SELECT NULL",
-    _STORE_TRIGGER,
-    "CREATE TEMP VIEW finish_batch (go) AS SELECT NULL",
-    _FINISH_TRIGGER,
+    "CREATE TEMP TABLE write_batch (payload)",
+    _WRITE_TRIGGER,
+    "CREATE TEMP TRIGGER write_batch_done AFTER INSERT ON write_batch BEGIN DELETE FROM write_batch; END",
+    # The same steps one statement each: write_batch's rest, and for profiling (TraceWriter.stepwise).
+    *(
+        statement
+        for view, column, steps in (
+            ("stage_batch", "payload", _STAGE),
+            ("store_batch", "go", _STORE),
+            ("finish_batch", "go", _FINISH),
+        )
+        for statement in (
+            f"CREATE TEMP VIEW {view} ({column}) AS SELECT NULL",
+            f"CREATE TEMP TRIGGER {view} INSTEAD OF INSERT ON {view} BEGIN {steps} END",
+        )
+    ),
 )
 _CLEAR = tuple(f"DELETE FROM temp.{name}" for name in _BATCH_TABLES)
 
@@ -613,6 +649,8 @@ class TraceWriter:
         self._mapper = SpanMapper(options, self._resource_id)
         #: Spans skipped because they could not be mapped at all (a bug worth reporting).
         self.unmappable = 0
+        #: Write each batch a step a statement (slower: for profiling the steps).
+        self.stepwise = False
 
     def _setup(self, options: Options) -> None:
         path = os.path.abspath(options.path)
@@ -694,11 +732,9 @@ class TraceWriter:
                 payload = (
                     payloads[0] if len(payloads) == 1 else "[" + ",".join(p[1:-1] for p in payloads) + "]"
                 )
-                conn.execute("INSERT INTO temp.stage_batch (payload) VALUES (?)", (payload,))
-                self._price_new_models()
-                conn.execute("INSERT INTO temp.store_batch (go) VALUES (1)")
-                conn.execute(_WALK_UP)
-            conn.execute("INSERT INTO temp.finish_batch (go) VALUES (1)")
+                self._write(payload)
+            else:
+                conn.execute("INSERT INTO temp.finish_batch (go) VALUES (1)")
             if marks:
                 self._apply_marks(marks)
             conn.execute("COMMIT")
@@ -706,6 +742,22 @@ class TraceWriter:
         except BaseException:
             self._rollback()
             raise
+
+    def _write(self, payload: str) -> None:
+        conn = self._conn
+        if not self.stepwise:
+            if conn.execute("INSERT INTO temp.write_batch (payload) VALUES (?)", (payload,)).rowcount:
+                return
+            # It stopped after staging, for new models to be priced, or after storing, for a deep
+            # climb (see _WRITE_TRIGGER): the steps left, one statement each.
+            if self._price_new_models():
+                conn.execute("INSERT INTO temp.store_batch (go) VALUES (1)")
+        else:
+            conn.execute("INSERT INTO temp.stage_batch (payload) VALUES (?)", (payload,))
+            self._price_new_models()
+            conn.execute("INSERT INTO temp.store_batch (go) VALUES (1)")
+        conn.execute(_WALK_UP)
+        conn.execute("INSERT INTO temp.finish_batch (go) VALUES (1)")
 
     def _rows(self, spans: Iterable[ReadableSpan]) -> list[list[Any]]:
         row = self._mapper.row
@@ -737,8 +789,9 @@ class TraceWriter:
                 self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
             self._unchecked = 0
 
-    def _price_new_models(self) -> None:
-        # Usually no rows: each model name is priced once per connection.
+    def _price_new_models(self) -> bool:
+        """Price the staged spans' models not priced yet (usually none: each model name is priced
+        once per connection); whether there were any."""
         new = [model for (model,) in self._conn.execute(_NEW_MODELS)]
         for model in new:
             price = self._prices.lookup(model)
@@ -748,6 +801,7 @@ class TraceWriter:
                 if price is None
                 else (model, price.input, price.output, price.cache_read, price.cache_write, price.reasoning),
             )
+        return bool(new)
 
     def _apply_event(self, event: SessionEvent) -> None:
         params: dict[str, Any] = {

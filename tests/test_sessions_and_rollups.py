@@ -734,6 +734,40 @@ def test_rollups_are_exact_in_any_arrival_order(
     assert query(path, "SELECT status, root_span_name FROM traces") == [("completed", "root")]
 
 
+def _chain(tracer: trace.Tracer, depth: int = 40) -> None:
+    """The top reports the usage of the one call at the bottom, with many steps in between."""
+    spans = [tracer.start_span("level 0", attributes=usage(11, 4))]
+    for n in range(1, depth):
+        parent = trace.set_span_in_context(spans[-1])
+        spans.append(
+            tracer.start_span(f"level {n}", context=parent, attributes=usage(11, 4) if n == depth - 1 else {})
+        )
+    for span in reversed(spans):
+        span.end()
+
+
+@pytest.mark.parametrize("batches", ["one", "leaf first", "root first", "split"])
+def test_a_chain_deeper_than_agents_nest_counts_its_usage_once(tmp_path: Path, batches: str) -> None:
+    spans = finished_spans(_chain)  # the order they ended: the bottom first
+    plan = {
+        "one": [spans],
+        "leaf first": [spans[:1], spans[1:]],
+        "root first": [spans[::-1][:25], spans[::-1][25:]],
+        "split": [spans[10:30], spans[:10], spans[30:]],
+    }[batches]
+    path = tmp_path / "chain.db"
+    exporter = SQLiteSpanExporter(path)
+    try:
+        for batch in plan:
+            assert exporter.export(batch) is SpanExportResult.SUCCESS
+    finally:
+        exporter.shutdown()
+    trace_id = tid(spans[0])
+    assert_rollup(rollup(path, "traces", trace_id), expected_rollup(spans))
+    assert rollup(path, "traces", trace_id)["input_tokens"] == 11
+    assert query(path, "SELECT name FROM spans WHERE usage_below = 0 AND has_usage = 1") == [("level 39",)]
+
+
 def test_len_of_orders_matches_parametrisation(agent_tree: dict[str, ReadableSpan]) -> None:
     assert len(_orders(list(agent_tree))) == 32
 
