@@ -9,12 +9,13 @@ Spans of the burst's shape (benchmarks/_workload.py), made by the real SDK. Two 
    (TraceWriter.prepare: SpanMapper.row over freshly ended spans, 512 at a time as the mapping
    thread sees them in a burst, then the batch's encoding with its redaction scan), and the SQL
    of TraceWriter.commit in transactions of 8,192 spans (what the committer gathers under load),
-   statement by statement, with the checkpoints. The commits go into a fresh file, or with
-   --db into a copy of that file (say, one prefilled by throughput.py --prefill-db), which shows
-   how the SQL's cost grows with the file.
-2. In situ: a burst through SQLiteSpanProcessor with TraceWriter's prepare, commit and checkpoint
-   and each SQL statement timed (wall clock, and the calling thread's CPU time) in the threads
-   that run them, and the garbage collector's passes timed in whichever thread they run.
+   a step a statement (the committer runs them as one), with the checkpoints. The commits go into
+   a fresh file, or with --db into a copy of that file (say, one prefilled by throughput.py
+   --prefill-db), which shows how the SQL's cost grows with the file.
+2. In situ: a burst through SQLiteSpanProcessor with TraceWriter's prepare, commit and copy_log
+   (the checkpoint thread's) and each SQL statement timed (wall clock, and the calling thread's
+   CPU time) in the threads that run them, and the garbage collector's passes timed in whichever
+   thread they run.
 
 Wall and CPU are in microseconds per span. CPU time (time.thread_time) counts only while the
 thread runs: for Python that is time holding the GIL; inside a statement SQLite runs without it.
@@ -203,6 +204,7 @@ def alone(spans: int, tmp: str, db: str | None) -> None:
 
     statements = Timings()
     writer._conn = TimedConnection(writer._conn, statements)  # type: ignore[assignment]
+    writer._side_conn = TimedConnection(writer._side_conn, statements)  # type: ignore[assignment]
     commits = Timings()
     while payloads:
         taken: list[str] = []
@@ -267,7 +269,7 @@ def in_situ(spans: int, tmp: str) -> None:
 
         setattr(TraceWriter, name, timed)
 
-    for name in ("prepare", "_rows", "commit", "checkpoint"):
+    for name in ("prepare", "_rows", "commit", "copy_log"):
         wrap(name)
     init = TraceWriter.__init__
 
@@ -330,6 +332,9 @@ def in_situ(spans: int, tmp: str) -> None:
         "Python around the statements (holds the GIL)", commit_wall - sum(w for w, _, _ in inside), around_cpu
     )
     table.row("TraceWriter.commit", commit_wall, commit_cpu, f"{transactions} transactions")
+    table.heading("checkpoint thread (beside the committer)")
+    copy_wall, copy_cpu, copies = calls.get("copy_log")
+    table.row("TraceWriter.copy_log: the log into the file", copy_wall, copy_cpu, f"{copies} calls")
     table.heading("garbage collector (in whichever thread it runs)")
     for label in sorted(collections.seen):
         wall_gc, cpu_gc, passes = collections.get(label)

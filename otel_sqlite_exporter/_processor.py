@@ -1,12 +1,13 @@
 """SQLiteSpanProcessor: spans in at start and at end, background writing, never blocking the app.
 
-The application thread only appends the span to a bounded deque. Two background threads do the
+The application thread only appends the span to a bounded deque. Background threads do the
 rest. The mapper drains the deque in small batches, soon after the spans end (while they are
 still in the CPU cache, and before they pile up for the garbage collector to scan), keeps the
 latest state of each span (a span that started and ended within one batch is written once), and
 turns each batch into one JSON document. The committer writes the documents waiting for it, several
 to a transaction. Mapping needs the GIL and committing runs inside SQLite without it, so the two
-overlap; prepared documents are plain strings, bounded in total size.
+overlap; prepared documents are plain strings, bounded in total size. A third thread copies the
+write-ahead log into the file beside the commits.
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ _MAP_BATCH = 1024
 _OPEN_WAIT_SECONDS = 1.0
 # Prepared documents waiting for the committer, in characters.
 _PREPARED_BUDGET = 64 * 1024 * 1024
+# Under load the log is copied into the file after this much batch data (~8 MiB), beside the
+# commits, so that little of it is left to copy when the file is closed.
+_CHECKPOINT_AFTER_CHARS = 8 * 1024 * 1024
 
 
 class _Flush:
@@ -281,8 +285,14 @@ class SQLiteSpanProcessor(SpanProcessor):
         self._prepared_cv = threading.Condition()
         self._thread = threading.Thread(target=self._map_loop, name="otel-sqlite-map", daemon=True)
         self._committer = threading.Thread(target=self._commit_loop, name="otel-sqlite-commit", daemon=True)
+        self._checkpoint_wake = threading.Event()
+        self._checkpointing = True
+        self._checkpointer = threading.Thread(
+            target=self._checkpoint_loop, name="otel-sqlite-checkpoint", daemon=True
+        )
         self._thread.start()
         self._committer.start()
+        self._checkpointer.start()
 
     def _map_loop(self) -> None:
         try:
@@ -388,14 +398,35 @@ class SQLiteSpanProcessor(SpanProcessor):
                 for marker in batch.flushes:
                     marker.done.set()
             writer = self._writer  # the mapper may open one meanwhile
-            if writer is not None:
-                try:
-                    writer.checkpoint(idle=not self._prepared)
-                except Exception as exc:  # noqa: BLE001 - a checkpoint can wait for the next one
-                    self._health.retrying(exc)
+            if writer is not None and writer.log_overdue():
+                self._copy_log(writer)  # here, between two commits, it copies the whole log
+            elif writer is not None and writer.checkpoint_due(
+                idle=not self._prepared, after_chars=_CHECKPOINT_AFTER_CHARS
+            ):
+                self._checkpoint_wake.set()
+        self._checkpointing = False
+        self._checkpoint_wake.set()
+        self._checkpointer.join()
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+    def _checkpoint_loop(self) -> None:
+        # Copying the log into the file waits mostly for the disk: here it overlaps the commits
+        # instead of holding them up, and the log left for the last one (when the file is closed)
+        # stays short.
+        while self._checkpointing:
+            self._checkpoint_wake.wait()
+            self._checkpoint_wake.clear()
+            writer = self._writer
+            if writer is not None and self._checkpointing:
+                self._copy_log(writer)
+
+    def _copy_log(self, writer: TraceWriter) -> None:
+        try:
+            writer.copy_log()
+        except Exception as exc:  # noqa: BLE001 - a checkpoint can wait for the next one
+            self._health.retrying(exc)
 
     def _commit(self, batches: list[_Batch]) -> None:
         payloads = [b.payload for b in batches if b.payload is not None]
@@ -443,9 +474,11 @@ class SQLiteSpanProcessor(SpanProcessor):
         self._open_lock.acquire()
         if self._writer is not None:
             self._writer.busy.acquire()
+            self._writer.side.acquire()
 
     def _after_fork_in_parent(self) -> None:
         if self._writer is not None:
+            self._writer.side.release()
             self._writer.busy.release()
         self._open_lock.release()
 

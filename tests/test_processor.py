@@ -156,6 +156,50 @@ def test_force_flush_returns_true_and_makes_everything_visible(db: Path) -> None
     provider.shutdown()
 
 
+def test_the_log_is_copied_into_the_file_while_the_processor_runs(db: Path) -> None:
+    processor = SQLiteSpanProcessor(db)
+    provider, tracer = tracer_for(processor)
+    try:
+        for i in range(2_000):
+            with tracer.start_as_current_span(f"span-{i}", attributes={"payload": "x" * 1_000}):
+                pass
+        assert processor.force_flush(10_000)
+        # The spans (over 2 MB) reach the file itself, not only its log, with the processor open.
+        deadline = time.monotonic() + 10
+        while os.path.getsize(db) < 2_000_000 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert os.path.getsize(db) >= 2_000_000
+        assert processor.stats["errors"] == 0
+    finally:
+        provider.shutdown()
+    assert query(db, "SELECT count(*) FROM spans") == [(2_000,)]
+
+
+def test_a_log_that_no_checkpoint_copied_whole_stays_overdue_until_one_does(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from otel_sqlite_exporter import _writer
+
+    monkeypatch.setattr(_writer, "_LOG_LIMIT_CHARS", 0)
+    writer = _writer.TraceWriter(Options.resolve(db))
+    spans = list(_finished(10))
+    try:
+        writer.write(spans[:5])
+        reader = sqlite3.connect(db)
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM spans").fetchall()  # holds its snapshot of the log
+        writer.write(spans[5:])
+        writer.copy_log()
+        assert writer.log_overdue()  # the reader's snapshot kept the newest pages in the log
+        reader.rollback()
+        reader.close()
+        writer.copy_log()
+        assert not writer.log_overdue()
+    finally:
+        writer.close()
+    assert query(db, "SELECT count(*) FROM spans") == [(10,)]
+
+
 def test_shutdown_writes_everything_queued_and_ignores_later_spans(db: Path) -> None:
     processor = SQLiteSpanProcessor(db, schedule_delay_millis=60_000)
     provider, tracer = tracer_for(processor)
