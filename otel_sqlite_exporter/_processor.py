@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import os
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -414,7 +415,9 @@ class SQLiteSpanProcessor(SpanProcessor):
     def _checkpoint_loop(self) -> None:
         # Copying the log into the file waits mostly for the disk: here it overlaps the commits
         # instead of holding them up, and the log left for the last one (when the file is closed)
-        # stays short.
+        # stays short. The CPU it needs (much of it the kernel's, on a large file) comes last:
+        # the application and the committer are busy on the other cores.
+        _lower_priority()
         while self._checkpointing:
             self._checkpoint_wake.wait()
             self._checkpoint_wake.clear()
@@ -498,6 +501,15 @@ class SQLiteSpanProcessor(SpanProcessor):
             self._budget.after_fork()
         if not self._shutdown:
             self._start_threads()
+
+
+def _lower_priority() -> None:
+    """Lower the calling thread's CPU priority as far as it goes (Linux: a thread is a task)."""
+    if sys.platform.startswith("linux"):
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        except OSError:
+            pass
 
 
 @dataclass(frozen=True, slots=True)

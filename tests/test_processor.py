@@ -175,6 +175,18 @@ def test_the_log_is_copied_into_the_file_while_the_processor_runs(db: Path) -> N
     assert query(db, "SELECT count(*) FROM spans") == [(2_000,)]
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="thread priorities are Linux's")
+def test_the_checkpoint_thread_runs_at_the_lowest_cpu_priority(processor: SQLiteSpanProcessor) -> None:
+    # Its CPU (much of it the kernel's, copying pages) must come after the application's.
+    thread = processor._checkpointer
+    assert thread.name == "otel-sqlite-checkpoint" and thread.native_id is not None
+    deadline = time.monotonic() + 5
+    while os.getpriority(os.PRIO_PROCESS, thread.native_id) != 19 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert os.getpriority(os.PRIO_PROCESS, thread.native_id) == 19
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) < 19  # the caller's is untouched
+
+
 def test_a_log_that_no_checkpoint_copied_whole_stays_overdue_until_one_does(
     db: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
