@@ -204,7 +204,7 @@ def alone(spans: int, tmp: str, db: str | None) -> None:
 
     statements = Timings()
     writer._conn = TimedConnection(writer._conn, statements)  # type: ignore[assignment]
-    writer._side_conn = TimedConnection(writer._side_conn, statements)  # type: ignore[assignment]
+    writer._log_conn = TimedConnection(writer._log_conn, statements)  # type: ignore[assignment]
     commits = Timings()
     while payloads:
         taken: list[str] = []

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import collections
 import os
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -49,9 +48,6 @@ _MAP_BATCH = 1024
 _OPEN_WAIT_SECONDS = 1.0
 # Prepared documents waiting for the committer, in characters.
 _PREPARED_BUDGET = 64 * 1024 * 1024
-# Under load the log is copied into the file after this much batch data (~8 MiB), beside the
-# commits, so that little of it is left to copy when the file is closed.
-_CHECKPOINT_AFTER_CHARS = 8 * 1024 * 1024
 
 
 class _Flush:
@@ -400,10 +396,8 @@ class SQLiteSpanProcessor(SpanProcessor):
                     marker.done.set()
             writer = self._writer  # the mapper may open one meanwhile
             if writer is not None and writer.log_overdue():
-                self._copy_log(writer)  # here, between two commits, it copies the whole log
-            elif writer is not None and writer.checkpoint_due(
-                idle=not self._prepared, after_chars=_CHECKPOINT_AFTER_CHARS
-            ):
+                self._copy_log(writer, between_commits=True)  # so the log can start over
+            elif writer is not None and writer.checkpoint_due(idle=not self._prepared):
                 self._checkpoint_wake.set()
         self._checkpointing = False
         self._checkpoint_wake.set()
@@ -414,10 +408,8 @@ class SQLiteSpanProcessor(SpanProcessor):
 
     def _checkpoint_loop(self) -> None:
         # Copying the log into the file waits mostly for the disk: here it overlaps the commits
-        # instead of holding them up, and the log left for the last one (when the file is closed)
-        # stays short. The CPU it needs (much of it the kernel's, on a large file) comes last:
-        # the application and the committer are busy on the other cores.
-        _lower_priority()
+        # instead of holding them up. (Not at a lower CPU priority: starved while it holds one
+        # of SQLite's locks on the log, it would hold up every writer of the file.)
         while self._checkpointing:
             self._checkpoint_wake.wait()
             self._checkpoint_wake.clear()
@@ -425,9 +417,9 @@ class SQLiteSpanProcessor(SpanProcessor):
             if writer is not None and self._checkpointing:
                 self._copy_log(writer)
 
-    def _copy_log(self, writer: TraceWriter) -> None:
+    def _copy_log(self, writer: TraceWriter, *, between_commits: bool = False) -> None:
         try:
-            writer.copy_log()
+            writer.copy_log(between_commits=between_commits)
         except Exception as exc:  # noqa: BLE001 - a checkpoint can wait for the next one
             self._health.retrying(exc)
 
@@ -477,11 +469,11 @@ class SQLiteSpanProcessor(SpanProcessor):
         self._open_lock.acquire()
         if self._writer is not None:
             self._writer.busy.acquire()
-            self._writer.side.acquire()
+            self._writer.copying.acquire()
 
     def _after_fork_in_parent(self) -> None:
         if self._writer is not None:
-            self._writer.side.release()
+            self._writer.copying.release()
             self._writer.busy.release()
         self._open_lock.release()
 
@@ -501,15 +493,6 @@ class SQLiteSpanProcessor(SpanProcessor):
             self._budget.after_fork()
         if not self._shutdown:
             self._start_threads()
-
-
-def _lower_priority() -> None:
-    """Lower the calling thread's CPU priority as far as it goes (Linux: a thread is a task)."""
-    if sys.platform.startswith("linux"):
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-        except OSError:
-            pass
 
 
 @dataclass(frozen=True, slots=True)

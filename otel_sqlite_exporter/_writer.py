@@ -549,9 +549,6 @@ _CLEAR = tuple(f"DELETE FROM temp.{name}" for name in _BATCH_TABLES)
 
 # Under sustained load the log is checkpointed after about this much batch data (~64 MiB).
 _CHECKPOINT_AFTER_CHARS = 64 * 1024 * 1024
-# Past this much batch data since a checkpoint last copied the whole log, one between two commits
-# does (see TraceWriter.log_overdue).
-_LOG_LIMIT_CHARS = 4 * _CHECKPOINT_AFTER_CHARS
 
 _OPEN_SESSION = """
 INSERT INTO sessions (session_id, task, user_id, start_time_unix_nano, managed, status)
@@ -637,25 +634,29 @@ class TraceWriter:
     def __init__(self, options: Options) -> None:
         self.path = options.path
         self._conn = connect(options.path, busy_timeout_millis=options.busy_timeout_millis)
-        # The side connection stores resources while mapping and copies the log back into the file,
-        # both while a commit may run on the main one.
-        self._side_conn: sqlite3.Connection | None = None
+        # Resources are stored while mapping, and the log is copied into the file, while a commit
+        # may run on the main connection: each has a connection of its own.
+        self._resources_conn: sqlite3.Connection | None = None
+        self._log_conn: sqlite3.Connection | None = None
         try:
             self._setup(options)
             # Opened now, not at the first span: see SQLiteSpanProcessor's constructor.
-            self._side_conn = connect(options.path, busy_timeout_millis=options.busy_timeout_millis)
+            self._resources_conn = connect(options.path, busy_timeout_millis=options.busy_timeout_millis)
+            self._log_conn = connect(options.path, busy_timeout_millis=options.busy_timeout_millis)
         except BaseException:
-            self._conn.close()
+            for conn in (self._conn, self._resources_conn):
+                if conn is not None:
+                    conn.close()
             raise
         self._prices: PriceTable = options.prices
         # Characters of batches committed since the last checkpoint began, and since one last
         # copied the whole log (it cannot while commits go on beside it).
         self._unchecked = 0
         self._unsettled = 0
-        #: Held whenever this writer is inside SQLite on the main (``busy``) or the side connection
-        #: (``side``), so that fork() can wait for a safe moment.
+        #: Held whenever this writer is inside SQLite (``copying``: to copy the log), so that fork()
+        #: can wait for a safe moment.
         self.busy = threading.Lock()
-        self.side = threading.Lock()
+        self.copying = threading.Lock()
         self._mapper = SpanMapper(options, self._resource_id)
         #: Spans skipped because they could not be mapped at all (a bug worth reporting).
         self.unmappable = 0
@@ -798,23 +799,26 @@ class TraceWriter:
         if self.checkpoint_due(idle=idle):
             self.copy_log()
 
-    def checkpoint_due(self, *, idle: bool, after_chars: int = _CHECKPOINT_AFTER_CHARS) -> bool:
+    def checkpoint_due(self, *, idle: bool) -> bool:
         """Whether to copy the write-ahead log back into the file: whenever the writer is ``idle``,
-        and under sustained load once ``after_chars`` of batches were written."""
-        return self._unchecked > 0 and (idle or self._unchecked > after_chars)
+        and under sustained load once enough was written (a page rewritten by many batches is
+        then copied once)."""
+        return self._unchecked > 0 and (idle or self._unchecked > _CHECKPOINT_AFTER_CHARS)
 
     def log_overdue(self) -> bool:
-        """True when no checkpoint has copied the whole log for a long while (commits went on
-        beside each): then one between two commits should, so the log can start over."""
-        return self._unsettled > _LOG_LIMIT_CHARS
+        """True when no checkpoint has copied the whole log for a while (commits went on beside
+        each): then one between two commits should, so that the log starts over."""
+        return self._unsettled > _CHECKPOINT_AFTER_CHARS
 
-    def copy_log(self) -> None:
-        """Checkpoint through the side connection, without waiting for readers or writers
-        (PASSIVE): it may run in another thread while this writer commits."""
+    def copy_log(self, *, between_commits: bool = False) -> None:
+        """Checkpoint on a connection of its own, without waiting for readers or writers (PASSIVE):
+        it may run in another thread while this writer commits. ``between_commits``: no commit
+        runs beside it, so it copies the whole log unless a reader still needs part of it (which
+        it then leaves for as long again)."""
         self._unchecked = 0
-        with self.side:
-            _busy, log, copied = self._side_conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        if log == copied:
+        with self.copying:
+            _busy, log, copied = self._log_conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        if log == copied or between_commits:
             self._unsettled = 0
 
     def _price_new_models(self) -> bool:
@@ -853,8 +857,8 @@ class TraceWriter:
     def _resource_id(self, attributes: str, schema_url: str | None, service_name: str | None) -> int:
         # Called while mapping, which may overlap a commit in another thread: resources get a
         # connection of their own. A resource row is harmless on its own, so it commits at once.
-        with self.side:
-            return store_resource(self._side_conn, attributes, schema_url, service_name)
+        with self.busy:
+            return store_resource(self._resources_conn, attributes, schema_url, service_name)
 
     def _rollback(self) -> None:
         try:
@@ -866,8 +870,8 @@ class TraceWriter:
             pass
 
     def close(self) -> None:
-        with self.busy, self.side:
-            for conn in (self._conn, self._side_conn):
+        with self.busy, self.copying:
+            for conn in (self._conn, self._resources_conn, self._log_conn):
                 try:
                     if conn is not None:
                         conn.close()

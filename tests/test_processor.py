@@ -175,41 +175,34 @@ def test_the_log_is_copied_into_the_file_while_the_processor_runs(db: Path) -> N
     assert query(db, "SELECT count(*) FROM spans") == [(2_000,)]
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="thread priorities are Linux's")
-def test_the_checkpoint_thread_runs_at_the_lowest_cpu_priority(processor: SQLiteSpanProcessor) -> None:
-    # Its CPU (much of it the kernel's, copying pages) must come after the application's.
-    thread = processor._checkpointer
-    assert thread.name == "otel-sqlite-checkpoint" and thread.native_id is not None
-    deadline = time.monotonic() + 5
-    while os.getpriority(os.PRIO_PROCESS, thread.native_id) != 19 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert os.getpriority(os.PRIO_PROCESS, thread.native_id) == 19
-    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) < 19  # the caller's is untouched
-
-
 def test_a_log_that_no_checkpoint_copied_whole_stays_overdue_until_one_does(
     db: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from otel_sqlite_exporter import _writer
 
-    monkeypatch.setattr(_writer, "_LOG_LIMIT_CHARS", 0)
+    monkeypatch.setattr(_writer, "_CHECKPOINT_AFTER_CHARS", 0)  # any unsettled log is overdue
     writer = _writer.TraceWriter(Options.resolve(db))
-    spans = list(_finished(10))
+    spans = list(_finished(15))
     try:
         writer.write(spans[:5])
         reader = sqlite3.connect(db)
         reader.execute("BEGIN")
         reader.execute("SELECT count(*) FROM spans").fetchall()  # holds its snapshot of the log
-        writer.write(spans[5:])
+        writer.write(spans[5:10])
         writer.copy_log()
         assert writer.log_overdue()  # the reader's snapshot kept the newest pages in the log
+        # Between two commits a reader still in the way is waited for as long again, not at once.
+        writer.copy_log(between_commits=True)
+        assert not writer.log_overdue()
+        writer.write(spans[10:])
+        assert writer.log_overdue()
         reader.rollback()
         reader.close()
         writer.copy_log()
         assert not writer.log_overdue()
     finally:
         writer.close()
-    assert query(db, "SELECT count(*) FROM spans") == [(10,)]
+    assert query(db, "SELECT count(*) FROM spans") == [(15,)]
 
 
 def test_shutdown_writes_everything_queued_and_ignores_later_spans(db: Path) -> None:
