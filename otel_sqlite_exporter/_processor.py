@@ -16,8 +16,9 @@ import collections
 import os
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
@@ -36,6 +37,8 @@ from otel_sqlite_exporter._session import (
     remove_listener,
 )
 from otel_sqlite_exporter._writer import SessionEvent, TraceWriter, retire_replaced
+
+T = TypeVar("T")
 
 # Start rows give way first when the queue fills: a lost start row only delays when a span
 # becomes visible, while a lost end would leave it looking unfinished.
@@ -331,11 +334,12 @@ class SQLiteSpanProcessor(SpanProcessor):
             self._drained += count
             payload = None
             if latest:
-                try:
-                    payload = self._open().prepare(latest.values())
-                except Exception as exc:  # noqa: BLE001 - a failure must never stop the writer
-                    self._health.failure(exc, lost=count)
+                # Mapping stores a new resource: another process may hold the write lock a while.
+                prepared = self._attempt(count, self._prepare, latest.values())
+                if prepared is None:
                     count = 0
+                else:
+                    payload = prepared[0]
             del latest  # the spans can go now, while they are young
             self._hand_over(_Batch(payload, events, flushes, count, marks))
 
@@ -430,9 +434,22 @@ class SQLiteSpanProcessor(SpanProcessor):
         count = sum(b.count for b in batches)
         if not payloads and not events and not marks:
             return
+        if self._attempt(count, self._commit_once, payloads, events, marks) is not None:
+            self._health.wrote(count)
+            self._batches += 1
+
+    def _prepare(self, spans: Iterable[ReadableSpan]) -> str | None:
+        return self._open().prepare(spans)
+
+    def _commit_once(self, payloads: list[str], events: list[SessionEvent], marks: list[BudgetMark]) -> None:
+        self._open(check=True).commit(payloads, events, marks)
+
+    def _attempt(self, count: int, step: Callable[..., T], *args: Any) -> tuple[T] | None:
+        """``(step(*args),)``, tried up to _ATTEMPTS times; None when every attempt failed (the
+        ``count`` span events are then counted as failed)."""
         for attempt in range(_ATTEMPTS):
             try:
-                self._open(check=True).commit(payloads, events, marks)
+                return (step(*args),)
             except Exception as exc:  # noqa: BLE001 - a failed write must never stop the writer
                 if attempt == _ATTEMPTS - 1:
                     self._health.failure(exc, lost=count)
@@ -441,10 +458,7 @@ class SQLiteSpanProcessor(SpanProcessor):
                     # is no news to the application when the next attempt gets through.
                     self._health.retrying(exc)
                     time.sleep(0.05 * (attempt + 1))
-                continue
-            self._health.wrote(count)
-            self._batches += 1
-            return
+        return None
 
     def _open(self, *, check: bool = False) -> TraceWriter:
         """The writer, opened by whichever thread needs it first (the lock keeps the two from

@@ -550,21 +550,29 @@ _CLEAR = tuple(f"DELETE FROM temp.{name}" for name in _BATCH_TABLES)
 # Under sustained load the log is checkpointed after about this much batch data (~64 MiB).
 _CHECKPOINT_AFTER_CHARS = 64 * 1024 * 1024
 
-_OPEN_SESSION = """
-INSERT INTO sessions (session_id, task, user_id, start_time_unix_nano, managed, status)
-VALUES (:session_id, :task, :user_id, :time, 1, 'running')
+# The batch's session() opens and closes, in order, in one statement (a statement each would hold
+# the write lock while the committer waits for the GIL between them, and other processes wait
+# for the lock): [kind, session_id, task, user_id, time, outcome] each. An open (re)starts the
+# session; a close records its end and outcome.
+_APPLY_SESSION_EVENTS = """
+INSERT INTO sessions (
+    session_id, task, user_id, start_time_unix_nano, end_time_unix_nano, managed, outcome, status)
+SELECT value ->> 1, value ->> 2, value ->> 3,
+       CASE value ->> 0 WHEN 'open' THEN value ->> 4 END, CASE value ->> 0 WHEN 'close' THEN value ->> 4 END,
+       1, value ->> 5, coalesce(value ->> 5, 'running')
+FROM json_each(:events) WHERE true ORDER BY key
 ON CONFLICT (session_id) DO UPDATE SET
-    task = coalesce(excluded.task, sessions.task),
-    user_id = coalesce(excluded.user_id, sessions.user_id),
-    start_time_unix_nano = min(coalesce(sessions.start_time_unix_nano, excluded.start_time_unix_nano),
-                               excluded.start_time_unix_nano),
-    end_time_unix_nano = NULL, managed = 1, outcome = NULL, status = 'running'
-"""
-_CLOSE_SESSION = """
-INSERT INTO sessions (session_id, task, user_id, end_time_unix_nano, managed, outcome, status)
-VALUES (:session_id, :task, :user_id, :time, 1, :outcome, :outcome)
-ON CONFLICT (session_id) DO UPDATE SET end_time_unix_nano = excluded.end_time_unix_nano,
-    managed = 1, outcome = excluded.outcome
+    task = CASE WHEN excluded.start_time_unix_nano IS NULL THEN sessions.task
+        ELSE coalesce(excluded.task, sessions.task) END,
+    user_id = CASE WHEN excluded.start_time_unix_nano IS NULL THEN sessions.user_id
+        ELSE coalesce(excluded.user_id, sessions.user_id) END,
+    start_time_unix_nano = CASE WHEN excluded.start_time_unix_nano IS NULL THEN sessions.start_time_unix_nano
+        ELSE min(coalesce(sessions.start_time_unix_nano, excluded.start_time_unix_nano),
+                 excluded.start_time_unix_nano) END,
+    end_time_unix_nano = excluded.end_time_unix_nano,
+    managed = 1,
+    outcome = excluded.outcome,
+    status = CASE WHEN excluded.start_time_unix_nano IS NULL THEN sessions.status ELSE 'running' END
 """
 
 
@@ -736,8 +744,8 @@ class TraceWriter:
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for event in events:
-                self._apply_event(event)
+            if events:
+                self._apply_events(events)
             if payloads:
                 # One document, so one statement: each statement costs the GIL being taken back.
                 payload = (
@@ -835,17 +843,15 @@ class TraceWriter:
             )
         return bool(new)
 
-    def _apply_event(self, event: SessionEvent) -> None:
-        params: dict[str, Any] = {
-            "session_id": event.session_id,
-            "task": self._mapper.redact_text(event.task),
-            "user_id": event.user_id,
-            "time": event.time_unix_nano,
-            "outcome": event.outcome,
-        }
-        self._conn.execute(_OPEN_SESSION if event.kind == "open" else _CLOSE_SESSION, params)
+    def _apply_events(self, events: Sequence[SessionEvent]) -> None:
+        redact = self._mapper.redact_text
+        document = to_json(
+            [[e.kind, e.session_id, redact(e.task), e.user_id, e.time_unix_nano, e.outcome] for e in events]
+        )
+        self._conn.execute(_APPLY_SESSION_EVENTS, {"events": document})
         self._conn.execute(
-            "INSERT OR IGNORE INTO temp.touched_sessions (session_id) VALUES (?)", (event.session_id,)
+            "INSERT OR IGNORE INTO temp.touched_sessions (session_id) SELECT value ->> 1 FROM json_each(?)",
+            (document,),
         )
 
     def _apply_marks(self, marks: Sequence[BudgetMark]) -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from helpers import query, sha256
 from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -203,6 +204,30 @@ def test_a_log_that_no_checkpoint_copied_whole_stays_overdue_until_one_does(
     finally:
         writer.close()
     assert query(db, "SELECT count(*) FROM spans") == [(15,)]
+
+
+def test_a_new_resource_waits_out_a_lock_held_past_the_busy_timeout(db: Path) -> None:
+    # Mapping stores a span's resource the first time it meets it: a lock another process holds
+    # a little past the busy timeout costs a retry (counted, not logged), not the spans.
+    processor = SQLiteSpanProcessor(db, busy_timeout_millis=50, schedule_delay_millis=10)
+    provider = TracerProvider(resource=Resource.create({"service.name": "held-up"}))
+    provider.add_span_processor(processor)
+    holder = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    release = threading.Timer(0.12, holder.rollback)
+    release.start()
+    try:
+        with provider.get_tracer("t").start_as_current_span("waits"):
+            pass
+        assert processor.force_flush(10_000)
+    finally:
+        release.join()
+        holder.close()
+        provider.shutdown()
+    stats = processor.stats
+    assert (stats["written"], stats["failed"]) == (2, 0) and stats["errors"] >= 1
+    stored = query(db, "SELECT r.service_name FROM spans JOIN resources AS r USING (resource_id)")
+    assert stored == [("held-up",)]
 
 
 def test_shutdown_writes_everything_queued_and_ignores_later_spans(db: Path) -> None:
