@@ -47,6 +47,8 @@ _START_SHARE = 0.9
 _ATTEMPTS = 3
 # Span events the mapper takes at a time: small, so spans are mapped while still cache-warm.
 _MAP_BATCH = 1024
+# Transactions are this many times shorter while other writers wait for the file's lock.
+_CONTENDED_SHARE = 4
 # How long the constructor waits for the file to open (it goes on in the background after).
 _OPEN_WAIT_SECONDS = 1.0
 # Prepared documents waiting for the committer, in characters.
@@ -360,7 +362,13 @@ class SQLiteSpanProcessor(SpanProcessor):
         transaction's worth first, unless a flush or the end is waiting, or the schedule delay
         has passed since the first batch arrived.
         """
-        wanted = self.options.max_batch_size // 2
+        writer = self._writer
+        # While other writers wait for the file's lock too, shorter transactions give them turns
+        # more often (see TraceWriter.yield_turn).
+        most = self.options.max_batch_size
+        if writer is not None and writer.contended:
+            most = max(1, most // _CONTENDED_SHARE)
+        wanted = most // 2
         delay = self.options.schedule_delay_millis / 1000
         with self._prepared_cv:
             deadline: float | None = None
@@ -378,7 +386,7 @@ class SQLiteSpanProcessor(SpanProcessor):
                 self._prepared_cv.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
             taken: list[_Batch] = []
             count = 0
-            while self._prepared and count < self.options.max_batch_size:
+            while self._prepared and count < most:
                 batch = self._prepared.popleft()
                 if batch is None:
                     self._prepared_cv.notify_all()
@@ -399,6 +407,8 @@ class SQLiteSpanProcessor(SpanProcessor):
                 for marker in batch.flushes:
                     marker.done.set()
             writer = self._writer  # the mapper may open one meanwhile
+            if writer is not None and not finished:
+                writer.yield_turn()
             if writer is not None and writer.log_overdue():
                 self._copy_log(writer, between_commits=True)  # so the log can start over
             elif writer is not None and writer.checkpoint_due(idle=not self._prepared):

@@ -18,6 +18,7 @@ import os
 import socket
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -547,6 +548,10 @@ _CLEAR = tuple(f"DELETE FROM temp.{name}" for name in _BATCH_TABLES)
 
 # -- session() blocks --------------------------------------------------------------------------------
 
+# A wait for the write lock this long means other writers use the file too; a turn left to them
+# after the commit lasts at most _MAX_TURN_SECONDS.
+_CONTENDED_SECONDS = 0.05
+_MAX_TURN_SECONDS = 0.5
 # Under sustained load the log is checkpointed after about this much batch data (~64 MiB).
 _CHECKPOINT_AFTER_CHARS = 64 * 1024 * 1024
 
@@ -612,16 +617,18 @@ def store_resource(
     conn: sqlite3.Connection, attributes: str, schema_url: str | None, service_name: str | None
 ) -> int:
     """The id of the resource row (attributes as JSON), inserted if new; commits at once on an
-    autocommit connection: a resource row is harmless on its own."""
+    autocommit connection: a resource row is harmless on its own. A resource stored already (by
+    another process, or an earlier run) is only read: reading never waits for the write lock."""
     key = (attributes, schema_url or "")
-    conn.execute(
-        "INSERT OR IGNORE INTO resources (attributes, schema_url, service_name) VALUES (?, ?, ?)",
-        (*key, service_name),
-    )
-    (rid,) = conn.execute(
-        "SELECT resource_id FROM resources WHERE attributes = ? AND schema_url = ?", key
-    ).fetchone()
-    return int(rid)
+    find = "SELECT resource_id FROM resources WHERE attributes = ? AND schema_url = ?"
+    found = conn.execute(find, key).fetchone()
+    if found is None:
+        conn.execute(
+            "INSERT OR IGNORE INTO resources (attributes, schema_url, service_name) VALUES (?, ?, ?)",
+            (*key, service_name),
+        )
+        found = conn.execute(find, key).fetchone()
+    return int(found[0])
 
 
 @dataclass(frozen=True, slots=True)
@@ -661,6 +668,9 @@ class TraceWriter:
         # copied the whole log (it cannot while commits go on beside it).
         self._unchecked = 0
         self._unsettled = 0
+        self._turn = 0.0  # seconds to leave the write lock to others (see yield_turn)
+        #: The last commit waited for another writer's lock: keep transactions short meanwhile.
+        self.contended = False
         #: Held whenever this writer is inside SQLite (``copying``: to copy the log), so that fork()
         #: can wait for a safe moment.
         self.busy = threading.Lock()
@@ -742,7 +752,9 @@ class TraceWriter:
         self, payloads: Sequence[str], events: Sequence[SessionEvent], marks: Sequence[BudgetMark] = ()
     ) -> None:
         conn = self._conn
+        asked = time.monotonic()
         conn.execute("BEGIN IMMEDIATE")
+        began = time.monotonic()
         try:
             if events:
                 self._apply_events(events)
@@ -757,6 +769,9 @@ class TraceWriter:
             if marks:
                 self._apply_marks(marks)
             conn.execute("COMMIT")
+            # Another writer had the lock when this one asked: leave it a turn (see yield_turn).
+            self.contended = began - asked > _CONTENDED_SECONDS
+            self._turn = time.monotonic() - began if self.contended else 0.0
             written = sum(len(p) for p in payloads) or 1
             self._unchecked += written
             self._unsettled += written
@@ -801,6 +816,15 @@ class TraceWriter:
                             getattr(span, "_name", span),  # its name property may be what fails
                         )
             return rows
+
+    def yield_turn(self) -> None:
+        """After a commit that had to wait for the write lock, wait about as long as this writer
+        held it (at most _MAX_TURN_SECONDS) before asking again. SQLite's busy handler looks for
+        the lock every 100 ms at most, so a writer that asks again at once would win it each
+        time, and the others, under heavy load, would wait past their busy timeout."""
+        if self._turn:
+            time.sleep(min(self._turn, _MAX_TURN_SECONDS))
+            self._turn = 0.0
 
     def checkpoint(self, *, idle: bool) -> None:
         """Copy the log back into the file now if it is due (see ``checkpoint_due``)."""

@@ -230,6 +230,32 @@ def test_a_new_resource_waits_out_a_lock_held_past_the_busy_timeout(db: Path) ->
     assert stored == [("held-up",)]
 
 
+def test_a_writer_that_waited_for_the_lock_leaves_the_next_turn_to_others(db: Path) -> None:
+    from otel_sqlite_exporter._writer import TraceWriter
+
+    writer = TraceWriter(Options.resolve(db))
+    spans = list(_finished(4))
+    holder = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    try:
+        writer.write(spans[:2])
+        assert not writer.contended  # nobody else writes: no turn to leave
+        holder.execute("BEGIN IMMEDIATE")  # another writer holds the lock for 0.2 s
+        release = threading.Timer(0.2, holder.rollback)
+        release.start()
+        writer.write(spans[2:])
+        release.join()
+        assert writer.contended
+        asked = time.monotonic()
+        writer.yield_turn()  # about as long as it held the lock: briefly, and at most half a second
+        assert time.monotonic() - asked < 0.5
+        writer.write(spans[:1])
+        assert not writer.contended
+    finally:
+        holder.close()
+        writer.close()
+    assert query(db, "SELECT count(*) FROM spans") == [(4,)]
+
+
 def test_shutdown_writes_everything_queued_and_ignores_later_spans(db: Path) -> None:
     processor = SQLiteSpanProcessor(db, schedule_delay_millis=60_000)
     provider, tracer = tracer_for(processor)
