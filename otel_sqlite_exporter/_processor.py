@@ -27,7 +27,7 @@ from otel_sqlite_exporter import _session
 from otel_sqlite_exporter._budget import BudgetMark, BudgetTracker
 from otel_sqlite_exporter._config import Options
 from otel_sqlite_exporter._fork import on_fork
-from otel_sqlite_exporter._health import WriteHealth, abandon, logger
+from otel_sqlite_exporter._health import WriteHealth, abandon, is_lock_wait, logger
 from otel_sqlite_exporter._retention import RetentionSweeper
 from otel_sqlite_exporter._session import (
     SESSION_ATTRIBUTE,
@@ -336,8 +336,9 @@ class SQLiteSpanProcessor(SpanProcessor):
             self._drained += count
             payload = None
             if latest:
-                # Mapping stores a new resource: another process may hold the write lock a while.
-                prepared = self._attempt(count, self._prepare, latest.values())
+                # Mapping stores a new resource, for which another process may hold the write
+                # lock a while; a file that cannot be opened fails the batch at once.
+                prepared = self._attempt(count, self._prepare, latest.values(), retry=is_lock_wait)
                 if prepared is None:
                     count = 0
                 else:
@@ -454,20 +455,23 @@ class SQLiteSpanProcessor(SpanProcessor):
     def _commit_once(self, payloads: list[str], events: list[SessionEvent], marks: list[BudgetMark]) -> None:
         self._open(check=True).commit(payloads, events, marks)
 
-    def _attempt(self, count: int, step: Callable[..., T], *args: Any) -> tuple[T] | None:
-        """``(step(*args),)``, tried up to _ATTEMPTS times; None when every attempt failed (the
-        ``count`` span events are then counted as failed)."""
-        for attempt in range(_ATTEMPTS):
+    def _attempt(
+        self, count: int, step: Callable[..., T], *args: Any, retry: Callable[[Exception], bool] | None = None
+    ) -> tuple[T] | None:
+        """``(step(*args),)``, tried up to _ATTEMPTS times (only while ``retry``, if given, says the
+        error is worth another try); None when it failed for good, the ``count`` span events then
+        counted as failed."""
+        for attempt in range(1, _ATTEMPTS + 1):
             try:
                 return (step(*args),)
             except Exception as exc:  # noqa: BLE001 - a failed write must never stop the writer
-                if attempt == _ATTEMPTS - 1:
+                if attempt == _ATTEMPTS or (retry is not None and not retry(exc)):
                     self._health.failure(exc, lost=count)
-                else:
-                    # Counted, not logged: a lock another writer held past the busy timeout, say,
-                    # is no news to the application when the next attempt gets through.
-                    self._health.retrying(exc)
-                    time.sleep(0.05 * (attempt + 1))
+                    return None
+                # Counted, not logged: a lock another writer held past the busy timeout, say,
+                # is no news to the application when the next attempt gets through.
+                self._health.retrying(exc)
+                time.sleep(0.05 * attempt)
         return None
 
     def _open(self, *, check: bool = False) -> TraceWriter:

@@ -104,7 +104,7 @@ _BATCH_TABLES = (
 )
 
 _SCRATCH = (
-    # path: the key as a JSON path, for the rank check in stage_batch.
+    # path: the key as a JSON path, for the rank check in _STAGE.
     """CREATE TEMP TABLE attribute_keys (
         key TEXT, slot INTEGER, rank INTEGER, kind TEXT, path TEXT, PRIMARY KEY (key, slot)) WITHOUT ROWID""",
     "CREATE INDEX temp.attribute_keys_by_rank ON attribute_keys (slot, rank)",
