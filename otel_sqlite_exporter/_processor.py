@@ -412,7 +412,9 @@ class SQLiteSpanProcessor(SpanProcessor):
                 writer.yield_turn()
             if writer is not None and writer.log_overdue():
                 self._copy_log(writer, between_commits=True)  # so the log can start over
-            elif writer is not None and writer.checkpoint_due(idle=not self._prepared):
+            # Once shutdown() is called the application makes no more spans: the log is copied
+            # beside each of the last commits, leaving little for the copy when the file closes.
+            elif writer is not None and writer.checkpoint_due(idle=self._shutdown or not self._prepared):
                 self._checkpoint_wake.set()
         self._checkpointing = False
         self._checkpoint_wake.set()
