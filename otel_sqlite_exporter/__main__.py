@@ -1,5 +1,5 @@
 """``python -m otel_sqlite_exporter``: the ``otel-sqlite`` command."""
 
-from otel_sqlite_exporter._cli import main
+from otel_sqlite_exporter._cli import run
 
-raise SystemExit(main())
+run()

@@ -702,6 +702,15 @@ def build_parser() -> argparse.ArgumentParser:
 # -- main ----------------------------------------------------------------------------------------
 
 
+def run() -> NoReturn:
+    """The ``otel-sqlite`` command: :func:`main`, then exit with its code."""
+    code = main()
+    # timeout(1) signals the command and then its whole process group, so a second SIGINT may
+    # come once ``tail`` has stopped on the first: it must not turn a clean exit into 130.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
     parser = build_parser()
