@@ -46,11 +46,6 @@ _REPLACED = (
 )
 
 
-def is_lock_wait(exc: BaseException) -> bool:
-    """True for a write that gave up waiting for another connection's lock: worth another try."""
-    return isinstance(exc, sqlite3.OperationalError) and "database is locked" in str(exc).lower()
-
-
 def describe(exc: BaseException, path: str | None = None) -> str:
     """A one-line, actionable reason for a failed write (to the file at ``path``, if given)."""
     text = str(exc) or type(exc).__name__

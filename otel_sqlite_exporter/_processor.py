@@ -27,8 +27,9 @@ from otel_sqlite_exporter import _session
 from otel_sqlite_exporter._budget import BudgetMark, BudgetTracker
 from otel_sqlite_exporter._config import Options
 from otel_sqlite_exporter._fork import on_fork
-from otel_sqlite_exporter._health import WriteHealth, abandon, is_lock_wait, logger
+from otel_sqlite_exporter._health import WriteHealth, abandon, logger
 from otel_sqlite_exporter._retention import RetentionSweeper
+from otel_sqlite_exporter._schema import is_lock_wait
 from otel_sqlite_exporter._session import (
     SESSION_ATTRIBUTE,
     USER_ATTRIBUTE,

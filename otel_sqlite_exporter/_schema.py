@@ -420,7 +420,7 @@ def _open(
         setup(conn)
     except sqlite3.OperationalError as exc:
         conn.close()
-        if "locked" in str(exc) or "busy" in str(exc):
+        if is_lock_wait(exc):
             raise TraceFileError(
                 path, f"is locked by another connection (waited {busy_timeout_millis} ms): {exc}"
             ) from exc
@@ -539,6 +539,11 @@ def _check_foreign(conn: sqlite3.Connection, path: str, fresh: bool) -> bool:
     return True
 
 
+def is_lock_wait(exc: BaseException) -> bool:
+    """True for a statement that gave up waiting for another connection's lock: worth another try."""
+    return isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc))
+
+
 def _while_locked(run: Callable[[], T], busy_timeout_millis: int) -> T:
     """``run()``, tried again while another connection holds the lock it needs.
 
@@ -552,7 +557,7 @@ def _while_locked(run: Callable[[], T], busy_timeout_millis: int) -> T:
         try:
             return run()
         except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) and "busy" not in str(exc):
+            if not is_lock_wait(exc):
                 raise
             if time.monotonic() + pause > deadline:
                 raise
