@@ -29,7 +29,8 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -369,7 +370,10 @@ class RetentionSweeper:
         # One sweep at a time; ``_busy`` is held only while inside SQLite (fork waits for it).
         self._sweep_lock = threading.Lock()
         self._busy = threading.Lock()
-        self._sweeping = False
+        # stop() interrupts only a statement run under _interruptible(): never the bookkeeping after
+        # a commit, which would lose the count of what that commit deleted.
+        self._interrupt_guard = threading.Lock()
+        self._interruptible_now = False
         on_fork(
             self,
             before=lambda sweeper: sweeper._busy.acquire(),
@@ -415,9 +419,10 @@ class RetentionSweeper:
         interrupted, instead of) its current transaction. Closes the connection."""
         self._stop.set()
         thread = self._thread
-        conn = self._conn
-        if self._sweeping and conn is not None and self._conn_pid == os.getpid():
-            conn.interrupt()  # a long statement (a checkpoint) ends now; its transaction rolls back
+        with self._interrupt_guard:
+            conn = self._conn
+            if self._interruptible_now and conn is not None and self._conn_pid == os.getpid():
+                conn.interrupt()  # a long statement (a checkpoint) ends now; its transaction rolls back
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
         if thread is None or not thread.is_alive():
@@ -469,7 +474,8 @@ class RetentionSweeper:
         # The parent's thread does not exist here and its connection is not ours to use or close.
         self._busy = threading.Lock()
         self._sweep_lock = threading.Lock()
-        self._sweeping = False
+        self._interrupt_guard = threading.Lock()
+        self._interruptible_now = False
         self._thread = None
         abandon(self._conn)
         self._conn = None
@@ -493,7 +499,6 @@ class RetentionSweeper:
         before = disk_bytes(self.path)
         tally = self._tally = _Tally()
         complete = True
-        self._sweeping = True
         try:
             conn = self._connection()
             now = time.time_ns()
@@ -515,8 +520,6 @@ class RetentionSweeper:
             if not self._stop.is_set():
                 raise
             complete = False  # stop() interrupted a statement; its transaction rolled back
-        finally:
-            self._sweeping = False
         after = disk_bytes(self.path)
         result = SweepResult(
             deleted_sessions=tally.sessions,
@@ -775,7 +778,7 @@ class RetentionSweeper:
         """Copy the log back into the file without waiting for anyone (PASSIVE); once all of it is
         back, the file is cut to its new size. Then empty the log, if that needs no waiting."""
         for _attempt in range(_CHECKPOINT_ATTEMPTS if truncate else 1):
-            with self._busy:
+            with self._busy, self._interruptible():
                 _blocked, log_frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
             if log_frames == copied or not truncate:
                 break
@@ -791,7 +794,8 @@ class RetentionSweeper:
             conn.execute("PRAGMA busy_timeout = 0")
             try:
                 # With no busy handler TRUNCATE never waits: it ends as PASSIVE would if anyone is busy.
-                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                with self._interruptible():
+                    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
             finally:
                 conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_millis)}")
 
@@ -810,7 +814,7 @@ class RetentionSweeper:
         about half of the file's write time.
         """
         self._wait_turn(conn)
-        with self._busy:
+        with self._busy, self._interruptible():
             began = time.monotonic()
             if script:
                 conn.executescript(sql)
@@ -821,6 +825,16 @@ class RetentionSweeper:
         self._count_transaction(took)
         self._resume_at = time.monotonic() + max(_MIN_PAUSE_SECONDS, took)
         return took, changed
+
+    @contextmanager
+    def _interruptible(self) -> Iterator[None]:
+        with self._interrupt_guard:
+            self._interruptible_now = True
+        try:
+            yield
+        finally:
+            with self._interrupt_guard:
+                self._interruptible_now = False
 
     def _count_transaction(self, took: float) -> None:
         self._tally.transactions += 1

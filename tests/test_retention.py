@@ -642,6 +642,32 @@ def test_a_failed_sweep_is_logged_and_the_thread_carries_on(
     assert summaries and "retention sweep" in summaries[0] and "\n" not in summaries[0]
 
 
+def test_a_sweep_stopped_right_after_a_deletion_still_counts_it(
+    path: Path, tracing: Tracing, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_session(tracing, "old", start=now() - 40 * DAY)
+    tracing.flush()
+    sweeper = RetentionSweeper(path, interval_seconds=3_600)
+
+    def stop_when_counting(sql: str) -> None:
+        # stop() arrives while the sweep reads back what its committed transaction deleted.
+        if "temp.sweep_counts" in sql and sql.lstrip().startswith("SELECT"):
+            sweeper.stop(timeout=0)
+
+    sweeper._connection().set_trace_callback(stop_when_counting)
+    with caplog.at_level(logging.INFO, logger="otel_sqlite_exporter"):
+        sweeper.start()
+        deadline = time.monotonic() + 10
+        while sweeper.running:  # the thread ends by itself once stopped
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        sweeper.stop()
+    assert session_ids(path) == set()
+    summaries = [r.getMessage() for r in caplog.records if "retention sweep" in r.getMessage()]
+    assert len(summaries) == 1
+    assert "deleted 1 session," in summaries[0] and "stopped early" in summaries[0]
+
+
 def test_background_sweepers_sharing_a_file_take_turns(path: Path, tracing: Tracing) -> None:
     write_session(tracing, "s", start=now() - HOUR)
     tracing.flush()
