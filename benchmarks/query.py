@@ -500,10 +500,10 @@ def print_table(results: list[tuple[Query, list[float]]]) -> None:
 
 _SPANS_SCAN = re.compile(r"^SCAN (?:spans|s)\b(?: USING (COVERING )?INDEX (\w+))?")
 _READS_SPANS = re.compile(r"^(?:SCAN|SEARCH) (?:spans|s)\b")
-# Searches that find a handful of spans (by session, span id, trace id): sorting those is cheap.
+# Searches that find a handful of spans (by session, trace id, rowid): sorting those is cheap.
 _SELECTIVE = re.compile(
-    r"^SEARCH (?:spans|s) USING (?:COVERING )?INDEX "
-    r"(?:spans_by_session|spans_by_span_id|sqlite_autoindex_spans_1) "
+    r"^SEARCH (?:spans|s) USING (?:(?:COVERING )?INDEX (?:spans_by_session|sqlite_autoindex_spans_1) "
+    r"|INTEGER PRIMARY KEY \(rowid=\?\))"
 )
 
 
@@ -533,7 +533,7 @@ def plan(conn: sqlite3.Connection, sql: str) -> list[tuple[int, str]]:
 def flags(sql: str, lines: list[tuple[int, str]], partial: set[str]) -> dict[int, str]:
     """Line index -> why it is flagged: a scan of spans that reads every row (a table scan, an index
     scan to count or sum, or an ordered walk that a filter may keep going to the end), or a sort of
-    rows that did not come from a search by session, trace or span id, a full-text match or a
+    rows that did not come from a search by session, trace id or rowid, a full-text match or a
     GROUP BY (sorting every span of a type, name or model)."""
     out = {}
     for i, (_, detail) in enumerate(lines):

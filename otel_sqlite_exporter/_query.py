@@ -261,14 +261,19 @@ class TraceStore:
         return [entry_from_row(row) for row in rows]
 
     def get_span(self, span_id: str, trace_id: str | None = None) -> TraceEntry | None:
-        """One span in full (all its attributes, events and links); the latest if ids repeat."""
-        sql = f"{_ENTRIES} WHERE s.span_id = ?"
-        params: tuple[str, ...] = (span_id,)
+        """One span in full (all its attributes, events and links); the latest if ids repeat.
+
+        With ``trace_id`` this is an index search; a span id alone is looked for in the key index
+        of every span (about 0.1 s a million spans)."""
         if trace_id is not None:
-            sql += " AND s.trace_id = ?"
-            params += (trace_id,)
+            where, params = "s.trace_id = ? AND s.span_id = ?", (trace_id, span_id)
+        else:
+            # No index leads with the span id (random ids made it the costliest index to write):
+            # the (trace_id, span_id) key index, a few dozen bytes a span, is read, not the table.
+            where, params = "s.id IN (SELECT id FROM spans WHERE span_id = ?)", (span_id,)
+        sql = f"{_ENTRIES} WHERE {where} ORDER BY s.start_time_unix_nano DESC LIMIT 1"
         with self._read() as conn:
-            row = conn.execute(sql + " ORDER BY s.start_time_unix_nano DESC LIMIT 1", params).fetchone()
+            row = conn.execute(sql, params).fetchone()
         return None if row is None else entry_from_row(row)
 
     def session_timeline(self, session_id: str) -> list[TraceEntry]:

@@ -58,7 +58,8 @@ def test_query_benchmark_generates_measures_and_explains(tmp_path: Path) -> None
     assert all(0 <= best <= median for median, best, _ in rows.values())
     assert rows["get_sessions(limit=50)"][2] in ("yes", "no")
     assert rows["get_span(span_id)"][2] == "-"  # no target
-    # The plans: each query's statements, with the one full pass (counting every span) flagged.
+    # The plans: each query's statements, with the passes over every span's key in an index
+    # (counting the spans, finding one by its span id alone) flagged.
     assert "query plans (EXPLAIN QUERY PLAN" in out
     assert "SCAN spans USING COVERING INDEX" in out
     assert "FULL TABLE SCAN" not in out

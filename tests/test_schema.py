@@ -511,8 +511,21 @@ def write_mixed_file(path: Path) -> None:
         provider.shutdown()
 
 
+def downgrade_to_v5(path: Path) -> None:
+    """The file as version 5 wrote it: with the span id index."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    for statement in (
+        "CREATE INDEX spans_by_span_id ON spans (span_id)",
+        "DELETE FROM schema_migrations WHERE version = 6",
+        "PRAGMA user_version = 5",
+    ):
+        conn.execute(statement)
+    conn.close()
+
+
 def downgrade_to_v4(path: Path) -> None:
     """The file as version 4 wrote it: with the (type, name) index."""
+    downgrade_to_v5(path)
     conn = sqlite3.connect(path, isolation_level=None)
     for statement in (
         "CREATE INDEX spans_by_type_name ON spans (type, name)",
@@ -776,6 +789,31 @@ def test_upgrade_from_version_4_drops_the_type_name_index_and_keeps_every_query(
     with otel_sqlite_exporter.TraceStore(path) as store:
         found = store.get_traces(event_type="span", name="child")
         assert [(entry.type, entry.name) for entry in found] == [("span", "child")]
+
+
+def test_upgrade_from_version_5_drops_the_span_id_index_and_still_finds_a_span_by_id(tmp_path: Path) -> None:
+    path = tmp_path / "v5.db"
+    write_mixed_file(path)
+    spans = query(path, "SELECT * FROM spans ORDER BY id")
+    trace_id, span_id, name = query(path, "SELECT trace_id, span_id, name FROM spans WHERE name = 'child'")[0]
+    downgrade_to_v5(path)
+
+    before = sha256(path)
+    with otel_sqlite_exporter.TraceStore(path) as store:  # a reader leaves version 5 as it is
+        found = store.get_span(span_id)
+        assert found is not None and found.name == name
+    assert sha256(path) == before
+
+    connect(str(path)).close()
+    assert query(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+    assert query(path, "SELECT name FROM sqlite_master WHERE name = 'spans_by_span_id'") == []
+    assert query(path, "SELECT * FROM spans ORDER BY id") == spans
+    assert query(path, "PRAGMA integrity_check") == [("ok",)]
+    with otel_sqlite_exporter.TraceStore(path) as store:
+        for found in (store.get_span(span_id), store.get_span(span_id, trace_id)):
+            assert found is not None and (found.trace_id, found.name) == (trace_id, name)
+        assert store.get_span(span_id, "0" * 32) is None
+        assert store.get_span("0" * 16) is None
 
 
 def test_a_file_locked_too_long_is_reported_as_locked(tmp_path: Path) -> None:
