@@ -513,24 +513,22 @@ def write_mixed_file(path: Path) -> None:
 
 def downgrade_to_v5(path: Path) -> None:
     """The file as version 5 wrote it: with the span id index."""
-    conn = sqlite3.connect(path, isolation_level=None)
-    for statement in (
-        "CREATE INDEX spans_by_span_id ON spans (span_id)",
-        "DELETE FROM schema_migrations WHERE version = 6",
-        "PRAGMA user_version = 5",
-    ):
-        conn.execute(statement)
-    conn.close()
+    downgrade(path, 5, "CREATE INDEX spans_by_span_id ON spans (span_id)")
 
 
 def downgrade_to_v4(path: Path) -> None:
     """The file as version 4 wrote it: with the (type, name) index."""
     downgrade_to_v5(path)
+    downgrade(path, 4, "CREATE INDEX spans_by_type_name ON spans (type, name)")
+
+
+def downgrade(path: Path, version: int, *statements: str) -> None:
+    """Undo migration ``version + 1`` (which ``statements`` reverse) of a file at that version."""
     conn = sqlite3.connect(path, isolation_level=None)
     for statement in (
-        "CREATE INDEX spans_by_type_name ON spans (type, name)",
-        "DELETE FROM schema_migrations WHERE version = 5",
-        "PRAGMA user_version = 4",
+        *statements,
+        f"DELETE FROM schema_migrations WHERE version = {version + 1}",
+        f"PRAGMA user_version = {version}",
     ):
         conn.execute(statement)
     conn.close()
@@ -770,6 +768,16 @@ def test_upgrade_from_version_3_indexes_reasoning_and_keeps_search(tmp_path: Pat
     assert query(path, "SELECT rowid FROM spans_fts WHERE spans_fts MATCH 'zebras'") == [(1,)]
 
 
+def migrate_dropping(path: Path, index: str, spans: list[tuple[object, ...]]) -> None:
+    """A writer opens the file: it is brought to the current version without ``index``, every
+    row as it was."""
+    connect(str(path)).close()
+    assert query(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+    assert query(path, "SELECT name FROM sqlite_master WHERE name = ?", (index,)) == []
+    assert query(path, "SELECT * FROM spans ORDER BY id") == spans
+    assert query(path, "PRAGMA integrity_check") == [("ok",)]
+
+
 def test_upgrade_from_version_4_drops_the_type_name_index_and_keeps_every_query(tmp_path: Path) -> None:
     path = tmp_path / "v4.db"
     write_mixed_file(path)
@@ -781,11 +789,7 @@ def test_upgrade_from_version_4_drops_the_type_name_index_and_keeps_every_query(
         assert len(store.get_traces()) == len(spans)
     assert sha256(path) == before
 
-    connect(str(path)).close()
-    assert query(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
-    assert query(path, "SELECT name FROM sqlite_master WHERE name = 'spans_by_type_name'") == []
-    assert query(path, "SELECT * FROM spans ORDER BY id") == spans
-    assert query(path, "PRAGMA integrity_check") == [("ok",)]
+    migrate_dropping(path, "spans_by_type_name", spans)
     with otel_sqlite_exporter.TraceStore(path) as store:
         found = store.get_traces(event_type="span", name="child")
         assert [(entry.type, entry.name) for entry in found] == [("span", "child")]
@@ -804,11 +808,7 @@ def test_upgrade_from_version_5_drops_the_span_id_index_and_still_finds_a_span_b
         assert found is not None and found.name == name
     assert sha256(path) == before
 
-    connect(str(path)).close()
-    assert query(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
-    assert query(path, "SELECT name FROM sqlite_master WHERE name = 'spans_by_span_id'") == []
-    assert query(path, "SELECT * FROM spans ORDER BY id") == spans
-    assert query(path, "PRAGMA integrity_check") == [("ok",)]
+    migrate_dropping(path, "spans_by_span_id", spans)
     with otel_sqlite_exporter.TraceStore(path) as store:
         for found in (store.get_span(span_id), store.get_span(span_id, trace_id)):
             assert found is not None and (found.trace_id, found.name) == (trace_id, name)
