@@ -146,7 +146,7 @@ def alone(spans: int, tmp: str, db: str | None) -> None:
 
     from otel_sqlite_exporter import SQLiteSpanProcessor
     from otel_sqlite_exporter._config import Options
-    from otel_sqlite_exporter._writer import TraceWriter
+    from otel_sqlite_exporter._writer import TraceWriter, batch_document
 
     target = os.path.join(tmp, "alone.db")
     into = "a fresh file"
@@ -197,7 +197,7 @@ def alone(spans: int, tmp: str, db: str | None) -> None:
         with steps.timed("row"):
             rows = writer._rows(batch)
         with steps.timed("encode"):
-            payloads.append((writer._mapper.encode(rows), count))
+            payloads.append((writer._mapper.encode(rows)[1:-1], count))
     table.heading("mapping thread (all of it holds the GIL)")
     table.row("SpanMapper.row: read each span object", *steps.get("row")[:2])
     table.row("encode: the batch document (orjson), redaction scan", *steps.get("encode")[:2])
@@ -214,7 +214,7 @@ def alone(spans: int, tmp: str, db: str | None) -> None:
             taken.append(payload)
             count += n
         with commits.timed("commit"):
-            writer.commit(taken)
+            writer.commit(batch_document(taken))
         writer.checkpoint(idle=False)  # as the committer does while more is waiting
     writer.checkpoint(idle=True)
     writer.close()

@@ -37,7 +37,7 @@ from otel_sqlite_exporter._session import (
     current_session,
     remove_listener,
 )
-from otel_sqlite_exporter._writer import SessionEvent, TraceWriter, retire_replaced
+from otel_sqlite_exporter._writer import SessionEvent, TraceWriter, batch_document, retire_replaced
 
 T = TypeVar("T")
 
@@ -403,11 +403,11 @@ class SQLiteSpanProcessor(SpanProcessor):
         finished = False
         while not finished:
             batches, finished = self._take()
+            flushes = [marker for batch in batches for marker in batch.flushes]
             if batches:
                 self._commit(batches)
-            for batch in batches:
-                for marker in batch.flushes:
-                    marker.done.set()
+            for marker in flushes:
+                marker.done.set()
             writer = self._writer  # the mapper may open one meanwhile
             if writer is not None and not finished:
                 writer.yield_turn()
@@ -442,21 +442,24 @@ class SQLiteSpanProcessor(SpanProcessor):
             self._health.retrying(exc)
 
     def _commit(self, batches: list[_Batch]) -> None:
-        payloads = [b.payload for b in batches if b.payload is not None]
+        """Write the batches in one transaction. Empties ``batches``: their rows are freed before
+        the SQL runs, leaving only the joined document (a burst's memory peaks here)."""
+        document = batch_document(b.payload for b in batches)
         events = [event for b in batches for event in b.events]
         marks = [mark for b in batches for mark in b.marks]
         count = sum(b.count for b in batches)
-        if not payloads and not events and not marks:
+        batches.clear()
+        if document is None and not events and not marks:
             return
-        if self._attempt(count, self._commit_once, payloads, events, marks) is not None:
+        if self._attempt(count, self._commit_once, document, events, marks) is not None:
             self._health.wrote(count)
             self._batches += 1
 
     def _prepare(self, spans: Iterable[ReadableSpan]) -> str | None:
         return self._open().prepare(spans)
 
-    def _commit_once(self, payloads: list[str], events: list[SessionEvent], marks: list[BudgetMark]) -> None:
-        self._open(check=True).commit(payloads, events, marks)
+    def _commit_once(self, document: str | None, events: list[SessionEvent], marks: list[BudgetMark]) -> None:
+        self._open(check=True).commit(document, events, marks)
 
     def _attempt(
         self, count: int, step: Callable[..., T], *args: Any, retry: Callable[[Exception], bool] | None = None

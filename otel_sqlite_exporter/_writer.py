@@ -48,7 +48,7 @@ from otel_sqlite_exporter._normalize import (
 )
 from otel_sqlite_exporter._owners import interrupt_dead_sessions
 from otel_sqlite_exporter._pricing import PriceTable
-from otel_sqlite_exporter._schema import connect
+from otel_sqlite_exporter._schema import WRITER_CACHE_KIB, connect
 
 logger = logging.getLogger("otel_sqlite_exporter")
 
@@ -512,24 +512,25 @@ _FINISH = f"""
 
 # The whole batch in one statement: each statement costs the committer a wait for the GIL (see the
 # module's docstring). It stops early, leaving the rest to the steps below, when new models need a
-# price from Python first, or when ancestors lie deeper than it climbs. Then (a BEFORE trigger)
-# the row is not inserted, which the caller sees as a rowcount of 0; else an AFTER trigger deletes
-# the document again.
+# price from Python first, or when ancestors lie deeper than it climbs; it says so by calling
+# _STOPPED_EARLY, a Python function (the GIL is taken only then). Inserting into a view stores
+# nothing: the document, often megabytes, is never copied into a row.
+_STOPPED_EARLY = "batch_stopped_early"
+_stop_when = f"SELECT RAISE(IGNORE) WHERE CASE WHEN EXISTS ({{}}) THEN {_STOPPED_EARLY}() END"
 _WRITE_TRIGGER = f"""
-CREATE TEMP TRIGGER write_batch BEFORE INSERT ON write_batch BEGIN
+CREATE TEMP TRIGGER write_batch INSTEAD OF INSERT ON write_batch BEGIN
     {_STAGE}
-    SELECT RAISE(IGNORE) WHERE EXISTS ({_NEW_MODELS});
+    {_stop_when.format(_NEW_MODELS)};
     {_STORE}
     {_CLIMB}
-    SELECT RAISE(IGNORE) WHERE EXISTS (SELECT 1 FROM ancestors WHERE level = {_CLIMB_LEVELS});
+    {_stop_when.format(f"SELECT 1 FROM ancestors WHERE level = {_CLIMB_LEVELS}")};
     {_FINISH}
 END"""
 
 _PIPELINE = (
     *_SCRATCH,
-    "CREATE TEMP TABLE write_batch (payload)",
+    "CREATE TEMP VIEW write_batch (payload) AS SELECT NULL",
     _WRITE_TRIGGER,
-    "CREATE TEMP TRIGGER write_batch_done AFTER INSERT ON write_batch BEGIN DELETE FROM write_batch; END",
     # The same steps one statement each: write_batch's rest, and for profiling (TraceWriter.stepwise).
     *(
         statement
@@ -643,21 +644,26 @@ class SessionEvent:
     outcome: str | None = None  # for "close": completed, failed or cancelled
 
 
+def _connect(options: Options) -> sqlite3.Connection:
+    return connect(options.path, busy_timeout_millis=options.busy_timeout_millis, cache_kib=WRITER_CACHE_KIB)
+
+
 class TraceWriter:
     """Owns one connection to a trace file and writes batches into it, one transaction each."""
 
     def __init__(self, options: Options) -> None:
         self.path = options.path
-        self._conn = connect(options.path, busy_timeout_millis=options.busy_timeout_millis)
+        self._conn = _connect(options)
         # Resources are stored while mapping, and the log is copied into the file, while a commit
         # may run on the main connection: each has a connection of its own.
         self._resources_conn: sqlite3.Connection | None = None
         self._log_conn: sqlite3.Connection | None = None
+        self._stopped_early = False  # set by the batch statement when it leaves steps to _write
         try:
             self._setup(options)
             # Opened now, not at the first span: see SQLiteSpanProcessor's constructor.
-            self._resources_conn = connect(options.path, busy_timeout_millis=options.busy_timeout_millis)
-            self._log_conn = connect(options.path, busy_timeout_millis=options.busy_timeout_millis)
+            self._resources_conn = _connect(options)
+            self._log_conn = _connect(options)
         except BaseException:
             for conn in (self._conn, self._resources_conn):
                 if conn is not None:
@@ -685,6 +691,7 @@ class TraceWriter:
         path = os.path.abspath(options.path)
         opened = os.stat(path)
         self._opened_as = (path, opened.st_dev, opened.st_ino)  # see replaced()
+        self._conn.create_function(_STOPPED_EARLY, 0, self._note_stopped_early)
         for statement in _PIPELINE:
             self._conn.execute(statement)
         # Checkpoints run when the writer has a moment (see checkpoint()), not inside a commit: a
@@ -718,13 +725,13 @@ class TraceWriter:
 
         Raises ``sqlite3.Error`` when the transaction fails; nothing of the batch is then stored.
         """
-        payload = self.prepare(spans)
-        self.commit([payload] if payload is not None else [], events, marks)
+        self.commit(batch_document([self.prepare(spans)]), events, marks)
         self.checkpoint(idle=False)
 
     def prepare(self, spans: Iterable[ReadableSpan]) -> str | None:
-        """The batch document for :meth:`commit` (None for no spans). Needs the GIL; may run in
-        another thread than ``commit``, so the next batch is prepared while one commits."""
+        """The spans' rows for :func:`batch_document`: JSON array elements, comma-separated (None
+        for no spans). Needs the GIL; may run in another thread than ``commit``, so the next batch
+        is prepared while one commits."""
         # A few rows at a time: the row lists are freed young, few of them left for the garbage
         # collector (which runs in whichever thread allocates, the application's too) to scan.
         spans = list(spans)
@@ -733,23 +740,21 @@ class TraceWriter:
         for start in range(0, len(spans), _ENCODE_CHUNK):
             rows = self._rows(spans[start : start + _ENCODE_CHUNK])
             if rows:
-                parts.append(encode(rows))
-        if len(parts) < 2:
-            return parts[0] if parts else None
-        return "[" + ",".join(part[1:-1] for part in parts) + "]"
+                parts.append(encode(rows)[1:-1])
+        return ",".join(parts) if parts else None
 
     def commit(
-        self, payloads: Sequence[str], events: Sequence[SessionEvent] = (), marks: Sequence[BudgetMark] = ()
+        self, document: str | None, events: Sequence[SessionEvent] = (), marks: Sequence[BudgetMark] = ()
     ) -> None:
-        """Write prepared batches (and session events) in one transaction, in order; budget marks
+        """Write a batch document (and session events) in one transaction, in order; budget marks
         are applied last, when the spans they refer to are stored."""
-        if not payloads and not events and not marks:
+        if document is None and not events and not marks:
             return
         with self.busy:
-            self._commit(payloads, events, marks)
+            self._commit(document, events, marks)
 
     def _commit(
-        self, payloads: Sequence[str], events: Sequence[SessionEvent], marks: Sequence[BudgetMark] = ()
+        self, document: str | None, events: Sequence[SessionEvent], marks: Sequence[BudgetMark] = ()
     ) -> None:
         conn = self._conn
         asked = time.monotonic()
@@ -758,12 +763,8 @@ class TraceWriter:
         try:
             if events:
                 self._apply_events(events)
-            if payloads:
-                # One document, so one statement: each statement costs the GIL being taken back.
-                payload = (
-                    payloads[0] if len(payloads) == 1 else "[" + ",".join(p[1:-1] for p in payloads) + "]"
-                )
-                self._write(payload)
+            if document is not None:
+                self._write(document)
             else:
                 conn.execute("INSERT INTO temp.finish_batch (go) VALUES (1)")
             if marks:
@@ -772,24 +773,30 @@ class TraceWriter:
             # Another writer had the lock when this one asked: leave it a turn (see yield_turn).
             self.contended = began - asked > _CONTENDED_SECONDS
             self._turn = time.monotonic() - began if self.contended else 0.0
-            written = sum(len(p) for p in payloads) or 1
+            written = len(document) if document is not None else 1
             self._unchecked += written
             self._unsettled += written
         except BaseException:
             self._rollback()
             raise
 
-    def _write(self, payload: str) -> None:
+    def _note_stopped_early(self) -> int:
+        self._stopped_early = True
+        return 1
+
+    def _write(self, document: str) -> None:
         conn = self._conn
         if not self.stepwise:
-            if conn.execute("INSERT INTO temp.write_batch (payload) VALUES (?)", (payload,)).rowcount:
+            self._stopped_early = False
+            conn.execute("INSERT INTO temp.write_batch (payload) VALUES (?)", (document,))
+            if not self._stopped_early:
                 return
             # It stopped after staging, for new models to be priced, or after storing, for a deep
             # climb (see _WRITE_TRIGGER): the steps left, one statement each.
             if self._price_new_models():
                 conn.execute("INSERT INTO temp.store_batch (go) VALUES (1)")
         else:
-            conn.execute("INSERT INTO temp.stage_batch (payload) VALUES (?)", (payload,))
+            conn.execute("INSERT INTO temp.stage_batch (payload) VALUES (?)", (document,))
             self._price_new_models()
             conn.execute("INSERT INTO temp.store_batch (go) VALUES (1)")
         conn.execute(_WALK_UP)
@@ -920,6 +927,20 @@ class TraceWriter:
         except OSError:
             return False  # not known to be gone (a folder no longer searchable, say): keep writing
         return (info.st_dev, info.st_ino) != (device, inode)
+
+
+def batch_document(prepared: Iterable[str | None]) -> str | None:
+    """The document :meth:`TraceWriter.commit` writes: prepared rows joined into one JSON array, in
+    one copy (None when there are none). One document makes the batch one statement, and each
+    statement costs the committer a wait for the GIL."""
+    parts = ["["]
+    for rows in prepared:
+        if rows is not None:
+            parts += (rows, ",")
+    if len(parts) == 1:
+        return None
+    parts[-1] = "]"
+    return "".join(parts)
 
 
 def retire_replaced(writer: TraceWriter, health: WriteHealth) -> None:
