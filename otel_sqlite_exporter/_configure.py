@@ -1,13 +1,14 @@
 """configure(): the two-line setup. A global TracerProvider writing to SQLite, plus the installed
-GenAI instrumentations, one per client library so no call is traced twice."""
+GenAI instrumentations, one per client library so no call is traced twice, each activated when the
+application imports its client library (importing them all at once took seconds)."""
 
 from __future__ import annotations
 
 import logging
 import os
 import threading
-from collections.abc import Sequence
-from importlib.metadata import EntryPoint, entry_points
+from collections.abc import Callable, Sequence
+from importlib.metadata import Distribution, EntryPoint, entry_points
 from typing import Any
 
 from opentelemetry import trace
@@ -94,9 +95,10 @@ def configure(
             # own setting, if any, stands.
             os.environ.setdefault(CAPTURE_MESSAGES_ENV, "SPAN_ONLY")
         preference = tuple(instrument) if not isinstance(instrument, bool) else ()
-        activated = instrument_genai(provider, preference=(*preference, *DEFAULT_PREFERENCE))
+        chosen = instrument_genai(provider, preference=(*preference, *DEFAULT_PREFERENCE))
         logger.info(
-            "otel-sqlite-exporter: GenAI instrumentation by %s", ", ".join(activated) or "none installed"
+            "otel-sqlite-exporter: GenAI instrumentation by %s",
+            ", ".join(chosen) or "none installed",
         )
     return provider
 
@@ -158,23 +160,86 @@ def genai_instrumentors(preference: Sequence[str] = DEFAULT_PREFERENCE) -> dict[
 def instrument_genai(
     provider: TracerProvider, *, preference: Sequence[str] = DEFAULT_PREFERENCE
 ) -> list[str]:
-    """Activate the chosen instrumentors for ``provider``; returns the distributions activated."""
-    activated = []
+    """Activate the chosen instrumentors for ``provider``, each once the application imports the
+    client library it instruments (at once if it has already); returns the distributions chosen.
+
+    Loading an instrumentor imports its client library, and some take a second or more to import:
+    an application would pay for every installed one at start, used or not. The library's
+    modules come from the instrumentor's own requirements; without ``wrapt`` (which every
+    OpenTelemetry instrumentation needs), or when the requirements name none, it is activated at once.
+    """
+    chosen = []
     for library, ep in genai_instrumentors(preference).items():
         dist = ep.dist.name if ep.dist is not None else ep.value
         try:
-            instrumentor = ep.load()()
             if _missing_library(ep):
                 continue
-            if getattr(instrumentor, "is_instrumented_by_opentelemetry", False):
-                continue
-            instrumentor.instrument(tracer_provider=provider)
-        except Exception as exc:  # noqa: BLE001 - a broken instrumentation must not stop the app
+            modules = _client_modules(ep.dist) if ep.dist is not None else []
+            when_imported = _post_import_hook() if modules else None
+            if when_imported is None:
+                _activate(ep, library, provider)
+            else:
+                for module in modules:  # each activates it; the first one imported does
+                    when_imported(lambda _, ep=ep, library=library: _activate(ep, library, provider), module)
+        except Exception as exc:  # noqa: BLE001 - unreadable metadata must not stop the app
             logger.warning("otel-sqlite-exporter: could not activate %s for %s: %s", dist, library, exc)
             continue
-        activated.append(dist)
-        logger.debug("otel-sqlite-exporter: %s instruments %s", dist, library)
-    return activated
+        chosen.append(dist)
+    return chosen
+
+
+def _activate(ep: EntryPoint, library: str, provider: TracerProvider) -> None:
+    dist = ep.dist.name if ep.dist is not None else ep.value
+    try:
+        instrumentor = ep.load()()
+        if getattr(instrumentor, "is_instrumented_by_opentelemetry", False):
+            return
+        instrumentor.instrument(tracer_provider=provider)
+    except Exception as exc:  # noqa: BLE001 - a broken instrumentation must not stop the app
+        logger.warning("otel-sqlite-exporter: could not activate %s for %s: %s", dist, library, exc)
+        return
+    logger.debug("otel-sqlite-exporter: %s instruments %s", dist, library)
+
+
+def _post_import_hook() -> Callable[[Callable[[Any], None], str], None] | None:
+    try:
+        from wrapt import register_post_import_hook
+    except ImportError:
+        return None
+    return register_post_import_hook  # type: ignore[no-any-return]
+
+
+def _client_modules(dist: Distribution) -> list[str]:
+    """The importable packages of the client libraries an instrumentation instruments: the
+    distributions its ``instruments`` extra requires, each package the outermost one with an
+    ``__init__.py`` (``google.genai``, not the namespace ``google``)."""
+    try:
+        from packaging.requirements import Requirement
+    except ImportError:
+        return []
+    modules: list[str] = []
+    for text in dist.requires or ():
+        try:
+            requirement = Requirement(text)
+        except ValueError:  # InvalidRequirement: not one this instrumentation can be waiting for
+            continue
+        marker = requirement.marker
+        if marker is None or not any(
+            marker.evaluate({"extra": extra}) for extra in ("instruments", "instruments-any")
+        ):
+            continue
+        try:
+            files = Distribution.from_name(requirement.name).files or ()
+        except Exception:  # noqa: BLE001 - not installed, or unreadable metadata: not watched
+            continue
+        packages = sorted(
+            {".".join(f.parts[:-1]) for f in files if f.name == "__init__.py" and ".." not in f.parts},
+            key=len,
+        )
+        for package in packages:
+            if not any(package.startswith(outer + ".") for outer in modules):
+                modules.append(package)
+    return modules
 
 
 def _rank(dist: str, preference: Sequence[str]) -> int:

@@ -26,7 +26,7 @@ import pytest
 from scenarios import OPENAI_TOOLS, Run, Runs, cost, environment, load_example, run_example, start_script
 
 from otel_sqlite_exporter import PriceTable
-from otel_sqlite_exporter._configure import genai_instrumentors
+from otel_sqlite_exporter._configure import _client_modules, genai_instrumentors
 
 pytest.importorskip("openai")
 pytest.importorskip("opentelemetry.instrumentation.openai_v2")
@@ -904,6 +904,53 @@ def test_instrument_false_records_no_llm_span(tmp_path: Path) -> None:
     out, spans = run_single(tmp_path, False)
     assert out["chat"][:2] == [reply["content"] for reply in CHAT_REPLIES[:2]]
     assert spans == []
+
+
+LAZY_APP = r"""
+import json, sys
+
+from otel_sqlite_exporter import configure
+
+cfg = json.loads(sys.argv[1])
+provider = configure(cfg["db"])
+imported_by_configure = sorted(m for m in ("openai", "anthropic") if m in sys.modules)
+
+import openai  # after configure(): instrumented as it is imported
+from otel_sqlite_exporter.fake_llm_server import FakeLLMServer, ScriptedReply
+
+with FakeLLMServer([ScriptedReply(**r) for r in cfg["replies"]]) as server:
+    client = openai.OpenAI(base_url=server.openai_base_url, api_key="sk-test", max_retries=0)
+    reply = client.chat.completions.create(model=cfg["model"], messages=[{"role": "user", "content": "hi"}])
+provider.shutdown()
+answer = reply.choices[0].message.content
+print(json.dumps({"imported_by_configure": imported_by_configure, "answer": answer}))
+"""
+
+
+def test_configure_imports_no_client_library_and_instruments_one_imported_later(tmp_path: Path) -> None:
+    # Importing every installed client library took configure() seconds; each is instrumented when
+    # the application imports it instead, and its calls are traced the same.
+    cfg = {"replies": REPLIES[:1], "model": REQUEST_MODEL}
+    with start_script(LAZY_APP, tmp_path / "traces.db", cfg, clean_env()) as run:
+        assert run.out == {"imported_by_configure": [], "answer": CHAT_REPLIES[0]["content"]}
+        (span,) = run.conn.execute("SELECT * FROM spans WHERE type = 'llm'").fetchall()
+        assert (span["model"], span["provider"]) == (RESPONSE_MODEL, "openai")
+        assert (span["input_tokens"], span["output_tokens"]) == (
+            CHAT_REPLIES[0]["prompt_tokens"],
+            CHAT_REPLIES[0]["completion_tokens"],
+        )
+
+
+def test_each_installed_instrumentation_waits_for_an_importable_client_package() -> None:
+    # The packages configure() watches come from each instrumentation's own requirements.
+    chosen = genai_instrumentors()
+    assert {"openai", "anthropic"} <= set(chosen)
+    for ep in chosen.values():
+        assert ep.dist is not None
+        modules = _client_modules(ep.dist)
+        assert modules, ep.dist.name
+        assert all(importlib.util.find_spec(module) is not None for module in modules), modules
+    assert _client_modules(chosen["openai"].dist) == ["openai"]  # type: ignore[arg-type]
 
 
 def test_genai_instrumentors_picks_openai_v2_for_openai() -> None:
