@@ -739,8 +739,9 @@ class TraceWriter:
         parts = []
         for start in range(0, len(spans), _ENCODE_CHUNK):
             rows = self._rows(spans[start : start + _ENCODE_CHUNK])
-            if rows:
-                parts.append(encode(rows)[1:-1])
+            elements = encode(rows)[1:-1] if rows else ""
+            if elements:  # none when no row of the chunk could be encoded at all
+                parts.append(elements)
         return ",".join(parts) if parts else None
 
     def commit(
@@ -935,7 +936,7 @@ def batch_document(prepared: Iterable[str | None]) -> str | None:
     statement costs the committer a wait for the GIL."""
     parts = ["["]
     for rows in prepared:
-        if rows is not None:
+        if rows:
             parts += (rows, ",")
     if len(parts) == 1:
         return None

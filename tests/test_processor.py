@@ -6,6 +6,7 @@ files and configuration from the environment.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -204,6 +205,26 @@ def test_a_log_that_no_checkpoint_copied_whole_stays_overdue_until_one_does(
     finally:
         writer.close()
     assert query(db, "SELECT count(*) FROM spans") == [(15,)]
+
+
+def test_prepared_batches_join_into_one_transaction_in_order_skipping_empty_ones(db: Path) -> None:
+    from otel_sqlite_exporter._writer import TraceWriter, batch_document
+
+    writer = TraceWriter(Options.resolve(db))
+    spans = list(_finished(6))
+    try:
+        assert batch_document([None, ""]) is None  # nothing prepared: nothing to write
+        prepared = [writer.prepare(spans[:2]), None, "", writer.prepare(spans[2:]), writer.prepare([])]
+        document = batch_document(prepared)
+        assert document is not None and json.loads(document) == [
+            *json.loads(f"[{prepared[0]}]"),
+            *json.loads(f"[{prepared[3]}]"),
+        ]
+        writer.commit(document)
+    finally:
+        writer.close()
+    stored = query(db, "SELECT name FROM spans ORDER BY start_time_unix_nano")
+    assert stored == [(span.name,) for span in sorted(spans, key=lambda s: s.start_time or 0)]
 
 
 def test_a_new_resource_waits_out_a_lock_held_past_the_busy_timeout(db: Path) -> None:
