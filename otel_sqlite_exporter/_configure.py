@@ -4,6 +4,7 @@ application imports its client library (importing them all at once took seconds)
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -176,11 +177,12 @@ def instrument_genai(
                 continue
             modules = _client_modules(ep.dist) if ep.dist is not None else []
             when_imported = _post_import_hook() if modules else None
+            activate = functools.partial(_activate, ep, dist, library, provider)
             if when_imported is None:
-                _activate(ep, library, provider)
+                activate()
             else:
                 for module in modules:  # each activates it; the first one imported does
-                    when_imported(lambda _, ep=ep, library=library: _activate(ep, library, provider), module)
+                    when_imported(lambda _module, activate=activate: activate(), module)
         except Exception as exc:  # noqa: BLE001 - unreadable metadata must not stop the app
             logger.warning("otel-sqlite-exporter: could not activate %s for %s: %s", dist, library, exc)
             continue
@@ -188,8 +190,7 @@ def instrument_genai(
     return chosen
 
 
-def _activate(ep: EntryPoint, library: str, provider: TracerProvider) -> None:
-    dist = ep.dist.name if ep.dist is not None else ep.value
+def _activate(ep: EntryPoint, dist: str, library: str, provider: TracerProvider) -> None:
     try:
         instrumentor = ep.load()()
         if getattr(instrumentor, "is_instrumented_by_opentelemetry", False):
