@@ -48,7 +48,7 @@ TRANSACTION = 8_192  # spans in one transaction under load (half of max_batch_si
 # Statements of the write path, by how their SQL begins.
 STATEMENTS = (
     ("BEGIN", "BEGIN IMMEDIATE (the write lock)"),
-    ("INSERT INTO temp.write_batch", "write: all the steps below, in one statement"),
+    ("INSERT INTO temp.write_batch", "write: lock, all the steps below, commit: one statement"),
     ("INSERT INTO temp.stage_batch", "stage: unpack the document, pick normalised columns"),
     ("SELECT DISTINCT model", "models not priced yet"),
     ("INSERT OR IGNORE INTO temp.prices", "price a new model"),

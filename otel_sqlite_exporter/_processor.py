@@ -360,7 +360,7 @@ class SQLiteSpanProcessor(SpanProcessor):
     def _take(self) -> tuple[list[_Batch], bool]:
         """The batches waiting (up to one transaction's worth), and whether the mapper has finished.
 
-        Each transaction costs the committer a few waits for the GIL, so it gathers half a
+        Each transaction costs the committer a wait for the GIL, so it gathers half a
         transaction's worth first, unless a flush or the end is waiting, or the schedule delay
         has passed since the first batch arrived.
         """

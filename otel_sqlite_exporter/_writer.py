@@ -7,8 +7,8 @@ staging, picking the normalised columns from each span's attributes (the table f
 Why this shape: the sqlite3 module releases the GIL while SQLite works and must take it back
 after every statement step (every row of an ``executemany``). While the traced application keeps
 the interpreter busy, each take-back can wait a whole switch interval (5 ms). So the steps run as
-one statement, through a temp trigger (``_WRITE_TRIGGER``): the writer takes the GIL back a few
-times per batch, and SQLite does the per-row work on the other core.
+one statement, through a temp trigger (``_WRITE_TRIGGER``), which is its own transaction: the
+writer takes the GIL back once per batch, and SQLite does the per-row work on the other core.
 """
 
 from __future__ import annotations
@@ -511,14 +511,35 @@ _FINISH = f"""
     {" ".join(f"DELETE FROM {name};" for name in _BATCH_TABLES)}"""
 
 # The whole batch in one statement: each statement costs the committer a wait for the GIL (see the
-# module's docstring). It stops early, leaving the rest to the steps below, when new models need a
-# price from Python first, or when ancestors lie deeper than it climbs; it says so by calling
-# _STOPPED_EARLY, a Python function (the GIL is taken only then). Inserting into a view stores
-# nothing: the document, often megabytes, is never copied into a row.
+# module's docstring). Inserting into a view stores nothing: the document, often megabytes, is never
+# copied into a row.
+#
+# Given the time it asked for the write lock (``asked``, Unix seconds), the statement is a
+# transaction of its own: it takes the lock (its first step, before the trigger runs: the trigger
+# writes the file), writes and commits, without the GIL, where a BEGIN and a COMMIT would each wait
+# for it again. It then tells Python of a wait for the lock long enough to mean other writers, by
+# calling _LOCK_WAITED (the GIL is taken only then).
+#
+# It stops early when new models need a price from Python first, or when ancestors lie deeper than
+# it climbs, and says so by calling _STOPPED_EARLY. Inside a transaction it leaves the rest to the
+# steps below; as a transaction of its own it rolls back whole, and the batch is written again
+# inside one (rarely: each model is priced once per connection).
 _STOPPED_EARLY = "batch_stopped_early"
-_stop_when = f"SELECT RAISE(IGNORE) WHERE CASE WHEN EXISTS ({{}}) THEN {_STOPPED_EARLY}() END"
+# A wait for the write lock this long means other writers use the file too; a turn left to them
+# after the commit lasts at most _MAX_TURN_SECONDS.
+_CONTENDED_SECONDS = 0.05
+_MAX_TURN_SECONDS = 0.5
+_LOCK_WAITED = "batch_waited_for_lock"
+_STOP = "batch stopped early"
+_stop_when = (
+    f"SELECT CASE WHEN NEW.asked IS NULL THEN RAISE(IGNORE) ELSE RAISE(ABORT, '{_STOP}') END "
+    f"WHERE CASE WHEN EXISTS ({{}}) THEN {_STOPPED_EARLY}() END"
+)
+_unix_now = "(julianday('now') - 2440587.5) * 86400.0"  # fixed for the statement at its first use
 _WRITE_TRIGGER = f"""
 CREATE TEMP TRIGGER write_batch INSTEAD OF INSERT ON write_batch BEGIN
+    SELECT {_LOCK_WAITED}(waited) FROM (SELECT {_unix_now} - NEW.asked AS waited)
+    WHERE waited > {_CONTENDED_SECONDS};
     {_STAGE}
     {_stop_when.format(_NEW_MODELS)};
     {_STORE}
@@ -529,7 +550,7 @@ END"""
 
 _PIPELINE = (
     *_SCRATCH,
-    "CREATE TEMP VIEW write_batch (payload) AS SELECT NULL",
+    "CREATE TEMP VIEW write_batch (payload, asked) AS SELECT NULL, NULL",
     _WRITE_TRIGGER,
     # The same steps one statement each: write_batch's rest, and for profiling (TraceWriter.stepwise).
     *(
@@ -549,10 +570,6 @@ _CLEAR = tuple(f"DELETE FROM temp.{name}" for name in _BATCH_TABLES)
 
 # -- session() blocks --------------------------------------------------------------------------------
 
-# A wait for the write lock this long means other writers use the file too; a turn left to them
-# after the commit lasts at most _MAX_TURN_SECONDS.
-_CONTENDED_SECONDS = 0.05
-_MAX_TURN_SECONDS = 0.5
 # Under sustained load the log is checkpointed after about this much batch data (~64 MiB).
 _CHECKPOINT_AFTER_CHARS = 64 * 1024 * 1024
 
@@ -659,6 +676,7 @@ class TraceWriter:
         self._resources_conn: sqlite3.Connection | None = None
         self._log_conn: sqlite3.Connection | None = None
         self._stopped_early = False  # set by the batch statement when it leaves steps to _write
+        self._lock_wait = 0.0  # set by the batch statement, as a transaction of its own
         try:
             self._setup(options)
             # Opened now, not at the first span: see SQLiteSpanProcessor's constructor.
@@ -692,6 +710,7 @@ class TraceWriter:
         opened = os.stat(path)
         self._opened_as = (path, opened.st_dev, opened.st_ino)  # see replaced()
         self._conn.create_function(_STOPPED_EARLY, 0, self._note_stopped_early)
+        self._conn.create_function(_LOCK_WAITED, 1, self._note_lock_wait)
         for statement in _PIPELINE:
             self._conn.execute(statement)
         # Checkpoints run when the writer has a moment (see checkpoint()), not inside a commit: a
@@ -757,10 +776,13 @@ class TraceWriter:
     def _commit(
         self, document: str | None, events: Sequence[SessionEvent], marks: Sequence[BudgetMark] = ()
     ) -> None:
+        if document is not None and not events and not marks and not self.stepwise:
+            if self._write_alone(document):
+                return
         conn = self._conn
         asked = time.monotonic()
         conn.execute("BEGIN IMMEDIATE")
-        began = time.monotonic()
+        waited = time.monotonic() - asked
         try:
             if events:
                 self._apply_events(events)
@@ -771,18 +793,44 @@ class TraceWriter:
             if marks:
                 self._apply_marks(marks)
             conn.execute("COMMIT")
-            # Another writer had the lock when this one asked: leave it a turn (see yield_turn).
-            self.contended = began - asked > _CONTENDED_SECONDS
-            self._turn = time.monotonic() - began if self.contended else 0.0
-            written = len(document) if document is not None else 1
-            self._unchecked += written
-            self._unsettled += written
         except BaseException:
             self._rollback()
             raise
+        self._committed(
+            len(document) if document is not None else 1, waited, time.monotonic() - asked - waited
+        )
+
+    def _write_alone(self, document: str) -> bool:
+        """Write the batch as one statement that is its own transaction (see _WRITE_TRIGGER);
+        False when it stopped early, rolled back whole, to be written again inside a transaction."""
+        self._stopped_early = False
+        self._lock_wait = 0.0
+        asked = time.monotonic()
+        try:
+            self._conn.execute(
+                "INSERT INTO temp.write_batch (payload, asked) VALUES (?, ?)", (document, time.time())
+            )
+        except BaseException as exc:
+            self._rollback()
+            if isinstance(exc, sqlite3.IntegrityError) and self._stopped_early:
+                return False
+            raise
+        self._committed(len(document), self._lock_wait, time.monotonic() - asked - self._lock_wait)
+        return True
+
+    def _committed(self, written: int, waited: float, held: float) -> None:
+        # Another writer had the lock when this one asked: leave it a turn (see yield_turn).
+        self.contended = waited > _CONTENDED_SECONDS
+        self._turn = held if self.contended else 0.0
+        self._unchecked += written
+        self._unsettled += written
 
     def _note_stopped_early(self) -> int:
         self._stopped_early = True
+        return 1
+
+    def _note_lock_wait(self, seconds: float) -> int:
+        self._lock_wait = seconds
         return 1
 
     def _write(self, document: str) -> None:

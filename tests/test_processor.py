@@ -227,6 +227,53 @@ def test_prepared_batches_join_into_one_transaction_in_order_skipping_empty_ones
     assert stored == [(span.name,) for span in sorted(spans, key=lambda s: s.start_time or 0)]
 
 
+def test_a_batch_is_one_statement_and_its_own_transaction_unless_it_stops_early(db: Path) -> None:
+    # Each statement costs the writer a wait for the GIL while the application runs, so a batch is
+    # one statement that takes the write lock, writes and commits. One that stops early (a model not
+    # priced yet) rolls back whole and is written again inside a transaction, a step a statement.
+    from otel_sqlite_exporter._writer import TraceWriter
+
+    memory = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    tracer = provider.get_tracer("x")
+    call = {
+        "gen_ai.request.model": "gpt-4o",
+        "gen_ai.usage.input_tokens": 1000,
+        "gen_ai.usage.output_tokens": 10,
+    }
+    for _ in range(2):
+        with tracer.start_as_current_span("agent"), tracer.start_as_current_span("chat", attributes=call):
+            pass
+    spans = memory.get_finished_spans()
+    writer = TraceWriter(Options.resolve(db))
+    statements: list[str] = []
+
+    def executed(sql: str) -> None:
+        # Each step of a trigger is reported with its statement's text: a statement is counted once.
+        text = " ".join(sql.split())[:46]
+        if not text.startswith("--") and (not statements or statements[-1] != text):
+            statements.append(text)
+
+    writer._conn.set_trace_callback(executed)
+    try:
+        writer.write(spans[:2])  # gpt-4o is new to this writer: priced from Python first
+        assert statements[0].startswith("INSERT INTO temp.write_batch (payload, asked)")
+        assert "BEGIN IMMEDIATE" in statements and statements[-1] == "COMMIT"
+        statements.clear()
+        writer.write(spans[2:])
+        assert len(statements) == 1 and statements[0].startswith(
+            "INSERT INTO temp.write_batch (payload, asked)"
+        )
+    finally:
+        writer.close()
+    # The batch that stopped early is stored once, priced, and rolled up once.
+    rows = query(db, "SELECT name, cost_usd > 0 FROM spans WHERE input_tokens IS NOT NULL")
+    assert rows == [("chat", 1), ("chat", 1)]
+    rollups = query(db, "SELECT span_count, input_tokens, cost_usd > 0 FROM traces")
+    assert rollups == [(2, 1000, 1), (2, 1000, 1)]
+
+
 def test_a_new_resource_waits_out_a_lock_held_past_the_busy_timeout(db: Path) -> None:
     # Mapping stores a span's resource the first time it meets it: a lock another process holds
     # a little past the busy timeout costs a retry (counted, not logged), not the spans.
