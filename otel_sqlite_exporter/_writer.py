@@ -810,10 +810,13 @@ class TraceWriter:
             self._conn.execute(
                 "INSERT INTO temp.write_batch (payload, asked) VALUES (?, ?)", (document, time.time())
             )
-        except BaseException as exc:
+        except sqlite3.IntegrityError:
+            if self._stopped_early:
+                return False  # rolled back whole, the scratch tables too
             self._rollback()
-            if isinstance(exc, sqlite3.IntegrityError) and self._stopped_early:
-                return False
+            raise
+        except BaseException:
+            self._rollback()
             raise
         self._committed(len(document), self._lock_wait, time.monotonic() - asked - self._lock_wait)
         return True
