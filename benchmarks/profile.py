@@ -50,8 +50,6 @@ STATEMENTS = (
     ("BEGIN", "BEGIN IMMEDIATE (the write lock)"),
     ("INSERT INTO temp.write_batch", "write: lock, all the steps below, commit: one statement"),
     ("INSERT INTO temp.stage_batch", "stage: unpack the document, pick normalised columns"),
-    ("SELECT DISTINCT model", "models not priced yet"),
-    ("INSERT OR IGNORE INTO temp.prices", "price a new model"),
     ("INSERT INTO temp.store_batch", "store: traces, sessions, span upsert, indexes, FTS"),
     ("WITH RECURSIVE up", "usage walk up the ancestors"),
     ("INSERT INTO temp.finish_batch", "finish: usage marks, rollups, clear the scratch"),

@@ -146,6 +146,7 @@ _present = "{type} NOT IN ('null', 'array', 'object') AND {atom} != ''"
 _better_present = _present.format(
     type="json_type(staged_spans.attributes, b.path)", atom="json_extract(staged_spans.attributes, b.path)"
 )
+_PRICE_OF = "model_price"
 _STAGE = f"""
     -- LIMIT -1 OFFSET 0 keeps SQLite from inlining the subqueries, which would read the head
     -- element (and parse the flags) again for every column taken from it.
@@ -169,11 +170,14 @@ _STAGE = f"""
               AND (k.rank = 0 OR NOT EXISTS (
                   SELECT 1 FROM attribute_keys AS b WHERE b.slot = k.slot AND b.rank < k.rank
                   AND {_better_present}))))
-    WHERE attributes IS NOT NULL;"""
-_NEW_MODELS = """
-SELECT DISTINCT model FROM staged_spans
-WHERE model IS NOT NULL AND model NOT IN (SELECT model FROM prices)
-"""
+    WHERE attributes IS NOT NULL;
+    -- Each model name is priced once per connection, by a Python function (the GIL is taken only
+    -- then); the subquery is kept whole so that it is called once per name, not once per column.
+    INSERT OR IGNORE INTO prices (model, input, output, cache_read, cache_write, reasoning)
+    SELECT model, p ->> 0, p ->> 1, p ->> 2, p ->> 3, p ->> 4
+    FROM (SELECT model, {_PRICE_OF}(model) AS p FROM (
+        SELECT DISTINCT model FROM staged_spans
+        WHERE model IS NOT NULL AND model NOT IN (SELECT model FROM prices)) LIMIT -1 OFFSET 0);"""
 
 # -- step 2: traces, sessions, the span upsert ----------------------------------------------------
 
@@ -520,10 +524,9 @@ _FINISH = f"""
 # for it again. It then tells Python of a wait for the lock long enough to mean other writers, by
 # calling _LOCK_WAITED (the GIL is taken only then).
 #
-# It stops early when new models need a price from Python first, or when ancestors lie deeper than
-# it climbs, and says so by calling _STOPPED_EARLY. Inside a transaction it leaves the rest to the
-# steps below; as a transaction of its own it rolls back whole, and the batch is written again
-# inside one (rarely: each model is priced once per connection).
+# It stops early when ancestors lie deeper than it climbs, and says so by calling _STOPPED_EARLY.
+# Inside a transaction it leaves the rest to the steps below; as a transaction of its own it rolls
+# back whole, and the batch is written again inside one (rarely: agents seldom nest that deep).
 _STOPPED_EARLY = "batch_stopped_early"
 # A wait for the write lock this long means other writers use the file too; a turn left to them
 # after the commit lasts at most _MAX_TURN_SECONDS.
@@ -541,7 +544,6 @@ CREATE TEMP TRIGGER write_batch INSTEAD OF INSERT ON write_batch BEGIN
     SELECT {_LOCK_WAITED}(waited) FROM (SELECT {_unix_now} - NEW.asked AS waited)
     WHERE waited > {_CONTENDED_SECONDS};
     {_STAGE}
-    {_stop_when.format(_NEW_MODELS)};
     {_STORE}
     {_CLIMB}
     {_stop_when.format(f"SELECT 1 FROM ancestors WHERE level = {_CLIMB_LEVELS}")};
@@ -711,6 +713,7 @@ class TraceWriter:
         self._opened_as = (path, opened.st_dev, opened.st_ino)  # see replaced()
         self._conn.create_function(_STOPPED_EARLY, 0, self._note_stopped_early)
         self._conn.create_function(_LOCK_WAITED, 1, self._note_lock_wait)
+        self._conn.create_function(_PRICE_OF, 1, self._price_of)
         for statement in _PIPELINE:
             self._conn.execute(statement)
         # Checkpoints run when the writer has a moment (see checkpoint()), not inside a commit: a
@@ -843,13 +846,10 @@ class TraceWriter:
             conn.execute("INSERT INTO temp.write_batch (payload) VALUES (?)", (document,))
             if not self._stopped_early:
                 return
-            # It stopped after staging, for new models to be priced, or after storing, for a deep
-            # climb (see _WRITE_TRIGGER): the steps left, one statement each.
-            if self._price_new_models():
-                conn.execute("INSERT INTO temp.store_batch (go) VALUES (1)")
+            # It stopped after storing, for a deep climb (see _WRITE_TRIGGER): the steps left, one
+            # statement each.
         else:
             conn.execute("INSERT INTO temp.stage_batch (payload) VALUES (?)", (document,))
-            self._price_new_models()
             conn.execute("INSERT INTO temp.store_batch (go) VALUES (1)")
         conn.execute(_WALK_UP)
         conn.execute("INSERT INTO temp.finish_batch (go) VALUES (1)")
@@ -912,19 +912,12 @@ class TraceWriter:
         if log == copied or between_commits:
             self._unsettled = 0
 
-    def _price_new_models(self) -> bool:
-        """Price the staged spans' models not priced yet (usually none: each model name is priced
-        once per connection); whether there were any."""
-        new = [model for (model,) in self._conn.execute(_NEW_MODELS)]
-        for model in new:
-            price = self._prices.lookup(model)
-            self._conn.execute(
-                "INSERT OR IGNORE INTO temp.prices VALUES (?, ?, ?, ?, ?, ?)",
-                (model, None, None, None, None, None)
-                if price is None
-                else (model, price.input, price.output, price.cache_read, price.cache_write, price.reasoning),
-            )
-        return bool(new)
+    def _price_of(self, model: str) -> str | None:
+        """A model's price as the batch statement reads it (JSON), or None when it has none."""
+        price = self._prices.lookup(model)
+        if price is None:
+            return None
+        return to_json([price.input, price.output, price.cache_read, price.cache_write, price.reasoning])
 
     def _apply_events(self, events: Sequence[SessionEvent]) -> None:
         redact = self._mapper.redact_text

@@ -229,8 +229,9 @@ def test_prepared_batches_join_into_one_transaction_in_order_skipping_empty_ones
 
 def test_a_batch_is_one_statement_and_its_own_transaction_unless_it_stops_early(db: Path) -> None:
     # Each statement costs the writer a wait for the GIL while the application runs, so a batch is
-    # one statement that takes the write lock, writes and commits. One that stops early (a model not
-    # priced yet) rolls back whole and is written again inside a transaction, a step a statement.
+    # one statement that takes the write lock, prices models it meets first, writes and commits.
+    # One whose usage climbs deeper than the statement does rolls back whole and is written again
+    # inside a transaction, a step a statement.
     from otel_sqlite_exporter._writer import TraceWriter
 
     memory = InMemorySpanExporter()
@@ -242,36 +243,42 @@ def test_a_batch_is_one_statement_and_its_own_transaction_unless_it_stops_early(
         "gen_ai.usage.input_tokens": 1000,
         "gen_ai.usage.output_tokens": 10,
     }
-    for _ in range(2):
-        with tracer.start_as_current_span("agent"), tracer.start_as_current_span("chat", attributes=call):
-            pass
+    with tracer.start_as_current_span("agent"), tracer.start_as_current_span("chat", attributes=call):
+        pass
+    chain = [tracer.start_span("level 0")]
+    for level in range(1, 40):
+        context = trace.set_span_in_context(chain[-1])
+        chain.append(
+            tracer.start_span(f"level {level}", context=context, attributes=call if level == 39 else {})
+        )
+    for span in reversed(chain):
+        span.end()
     spans = memory.get_finished_spans()
     writer = TraceWriter(Options.resolve(db))
     statements: list[str] = []
 
     def executed(sql: str) -> None:
         # Each step of a trigger is reported with its statement's text: a statement is counted once.
-        text = " ".join(sql.split())[:46]
+        text = " ".join(sql.split()).split(" VALUES")[0][:60]
         if not text.startswith("--") and (not statements or statements[-1] != text):
             statements.append(text)
 
     writer._conn.set_trace_callback(executed)
     try:
-        writer.write(spans[:2])  # gpt-4o is new to this writer: priced from Python first
-        assert statements[0].startswith("INSERT INTO temp.write_batch (payload, asked)")
-        assert "BEGIN IMMEDIATE" in statements and statements[-1] == "COMMIT"
+        writer.write(spans[:2])  # gpt-4o is new to this writer: priced from Python, in the statement
+        assert statements == ["INSERT INTO temp.write_batch (payload, asked)"]
         statements.clear()
-        writer.write(spans[2:])
-        assert len(statements) == 1 and statements[0].startswith(
-            "INSERT INTO temp.write_batch (payload, asked)"
-        )
+        writer.write(spans[2:])  # 40 levels: more than one statement climbs
+        assert statements[0] == "INSERT INTO temp.write_batch (payload, asked)"
+        assert "BEGIN IMMEDIATE" in statements and statements[-1] == "COMMIT"
     finally:
         writer.close()
-    # The batch that stopped early is stored once, priced, and rolled up once.
-    rows = query(db, "SELECT name, cost_usd > 0 FROM spans WHERE input_tokens IS NOT NULL")
-    assert rows == [("chat", 1), ("chat", 1)]
-    rollups = query(db, "SELECT span_count, input_tokens, cost_usd > 0 FROM traces")
-    assert rollups == [(2, 1000, 1), (2, 1000, 1)]
+    rows = query(db, "SELECT name, cost_usd > 0 FROM spans WHERE input_tokens IS NOT NULL ORDER BY name")
+    assert rows == [("chat", 1), ("level 39", 1)]
+    # The batch that stopped early is stored once and its usage rolled up once.
+    rollups = query(db, "SELECT span_count, input_tokens, cost_usd > 0 FROM traces ORDER BY span_count")
+    assert rollups == [(2, 1000, 1), (40, 1000, 1)]
+    assert query(db, "SELECT count(*) FROM spans WHERE usage_below = 1") == [(40,)]
 
 
 def test_a_new_resource_waits_out_a_lock_held_past_the_busy_timeout(db: Path) -> None:
