@@ -19,7 +19,7 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -514,66 +514,7 @@ _FINISH = f"""
     WHERE sessions.session_id = a.session_id;
     {" ".join(f"DELETE FROM {name};" for name in _BATCH_TABLES)}"""
 
-# The whole batch in one statement: each statement costs the committer a wait for the GIL (see the
-# module's docstring). Inserting into a view stores nothing: the document, often megabytes, is never
-# copied into a row.
-#
-# Given the time it asked for the write lock (``asked``, Unix seconds), the statement is a
-# transaction of its own: it takes the lock (its first step, before the trigger runs: the trigger
-# writes the file), writes and commits, without the GIL, where a BEGIN and a COMMIT would each wait
-# for it again. It then tells Python of a wait for the lock long enough to mean other writers, by
-# calling _LOCK_WAITED (the GIL is taken only then).
-#
-# It stops early when ancestors lie deeper than it climbs, and says so by calling _STOPPED_EARLY.
-# Inside a transaction it leaves the rest to the steps below; as a transaction of its own it rolls
-# back whole, and the batch is written again inside one (rarely: agents seldom nest that deep).
-_STOPPED_EARLY = "batch_stopped_early"
-# A wait for the write lock this long means other writers use the file too; a turn left to them
-# after the commit lasts at most _MAX_TURN_SECONDS.
-_CONTENDED_SECONDS = 0.05
-_MAX_TURN_SECONDS = 0.5
-_LOCK_WAITED = "batch_waited_for_lock"
-_STOP = "batch stopped early"
-_stop_when = (
-    f"SELECT CASE WHEN NEW.asked IS NULL THEN RAISE(IGNORE) ELSE RAISE(ABORT, '{_STOP}') END "
-    f"WHERE CASE WHEN EXISTS ({{}}) THEN {_STOPPED_EARLY}() END"
-)
-_unix_now = "(julianday('now') - 2440587.5) * 86400.0"  # fixed for the statement at its first use
-_WRITE_TRIGGER = f"""
-CREATE TEMP TRIGGER write_batch INSTEAD OF INSERT ON write_batch BEGIN
-    SELECT {_LOCK_WAITED}(waited) FROM (SELECT {_unix_now} - NEW.asked AS waited)
-    WHERE waited > {_CONTENDED_SECONDS};
-    {_STAGE}
-    {_STORE}
-    {_CLIMB}
-    {_stop_when.format(f"SELECT 1 FROM ancestors WHERE level = {_CLIMB_LEVELS}")};
-    {_FINISH}
-END"""
-
-_PIPELINE = (
-    *_SCRATCH,
-    "CREATE TEMP VIEW write_batch (payload, asked) AS SELECT NULL, NULL",
-    _WRITE_TRIGGER,
-    # The same steps one statement each: write_batch's rest, and for profiling (TraceWriter.stepwise).
-    *(
-        statement
-        for view, column, steps in (
-            ("stage_batch", "payload", _STAGE),
-            ("store_batch", "go", _STORE),
-            ("finish_batch", "go", _FINISH),
-        )
-        for statement in (
-            f"CREATE TEMP VIEW {view} ({column}) AS SELECT NULL",
-            f"CREATE TEMP TRIGGER {view} INSTEAD OF INSERT ON {view} BEGIN {steps} END",
-        )
-    ),
-)
-_CLEAR = tuple(f"DELETE FROM temp.{name}" for name in _BATCH_TABLES)
-
 # -- session() blocks --------------------------------------------------------------------------------
-
-# Under sustained load the log is checkpointed after about this much batch data (~64 MiB).
-_CHECKPOINT_AFTER_CHARS = 64 * 1024 * 1024
 
 # The batch's session() opens and closes, in order, in one statement (a statement each would hold
 # the write lock while the committer waits for the GIL between them, and other processes wait
@@ -599,6 +540,9 @@ ON CONFLICT (session_id) DO UPDATE SET
     outcome = excluded.outcome,
     status = CASE WHEN excluded.start_time_unix_nano IS NULL THEN sessions.status ELSE 'running' END
 """
+_TOUCH_EVENT_SESSIONS = (
+    "INSERT OR IGNORE INTO touched_sessions (session_id) SELECT value ->> 1 FROM json_each(:events)"
+)
 
 
 # -- budgets (see _budget) ---------------------------------------------------------------------------
@@ -633,6 +577,77 @@ WHERE spans.trace_id = m.trace_id AND spans.span_id = m.span_id
 """
 
 
+# The whole batch in one statement: each statement costs the committer a wait for the GIL (see the
+# module's docstring). Inserting into a view stores nothing: the document, often megabytes, is never
+# copied into a row. The batch's session events (``events``) go in first and its budget marks
+# (``marks``) last, as JSON documents of their own (see the statements above).
+#
+# Given the time it asked for the write lock (``asked``, Unix seconds), the statement is a
+# transaction of its own: it takes the lock (its first step, before the trigger runs: the trigger
+# writes the file), writes and commits, without the GIL, where a BEGIN and a COMMIT would each wait
+# for it again. It then tells Python of a wait for the lock long enough to mean other writers, by
+# calling _LOCK_WAITED (the GIL is taken only then).
+#
+# It stops early when ancestors lie deeper than it climbs, and says so by calling _STOPPED_EARLY.
+# Inside a transaction it leaves the rest to the steps below; as a transaction of its own it rolls
+# back whole, and the batch is written again inside one (rarely: agents seldom nest that deep).
+_STOPPED_EARLY = "batch_stopped_early"
+# A wait for the write lock this long means other writers use the file too; a turn left to them
+# after the commit lasts at most _MAX_TURN_SECONDS.
+_CONTENDED_SECONDS = 0.05
+_MAX_TURN_SECONDS = 0.5
+_LOCK_WAITED = "batch_waited_for_lock"
+_STOP = "batch stopped early"
+_stop_when = (
+    f"SELECT CASE WHEN NEW.asked IS NULL THEN RAISE(IGNORE) ELSE RAISE(ABORT, '{_STOP}') END "
+    f"WHERE CASE WHEN EXISTS ({{}}) THEN {_STOPPED_EARLY}() END"
+)
+_unix_now = "(julianday('now') - 2440587.5) * 86400.0"  # fixed for the statement at its first use
+
+
+def _from_new(statement: str) -> str:
+    return statement.replace(":events", "NEW.events").replace(":marks", "NEW.marks").strip()
+
+
+_WRITE_TRIGGER = f"""
+CREATE TEMP TRIGGER write_batch INSTEAD OF INSERT ON write_batch BEGIN
+    SELECT {_LOCK_WAITED}(waited) FROM (SELECT {_unix_now} - NEW.asked AS waited)
+    WHERE waited > {_CONTENDED_SECONDS};
+    {_from_new(_APPLY_SESSION_EVENTS)};
+    {_from_new(_TOUCH_EVENT_SESSIONS)};
+    {_STAGE}
+    {_STORE}
+    {_CLIMB}
+    {_stop_when.format(f"SELECT 1 FROM ancestors WHERE level = {_CLIMB_LEVELS}")};
+    {_FINISH}
+    {_from_new(_RAISE_BUDGET_STATUS)};
+    {_from_new(_ADD_BUDGET_EVENT)};
+END"""
+
+_PIPELINE = (
+    *_SCRATCH,
+    "CREATE TEMP VIEW write_batch (payload, asked, events, marks) AS SELECT NULL, NULL, NULL, NULL",
+    _WRITE_TRIGGER,
+    # The same steps one statement each: write_batch's rest, and for profiling (TraceWriter.stepwise).
+    *(
+        statement
+        for view, column, steps in (
+            ("stage_batch", "payload", _STAGE),
+            ("store_batch", "go", _STORE),
+            ("finish_batch", "go", _FINISH),
+        )
+        for statement in (
+            f"CREATE TEMP VIEW {view} ({column}) AS SELECT NULL",
+            f"CREATE TEMP TRIGGER {view} INSTEAD OF INSERT ON {view} BEGIN {steps} END",
+        )
+    ),
+)
+_CLEAR = tuple(f"DELETE FROM temp.{name}" for name in _BATCH_TABLES)
+
+# Under sustained load the log is checkpointed after about this much batch data (~64 MiB).
+_CHECKPOINT_AFTER_CHARS = 64 * 1024 * 1024
+
+
 def store_resource(
     conn: sqlite3.Connection, attributes: str, schema_url: str | None, service_name: str | None
 ) -> int:
@@ -661,6 +676,16 @@ class SessionEvent:
     task: str | None = None
     user_id: str | None = None
     outcome: str | None = None  # for "close": completed, failed or cancelled
+
+
+def _events_document(events: Sequence[SessionEvent], redact: Callable[[str | None], str | None]) -> str:
+    return to_json(
+        [[e.kind, e.session_id, redact(e.task), e.user_id, e.time_unix_nano, e.outcome] for e in events]
+    )
+
+
+def _marks_document(marks: Sequence[BudgetMark]) -> str:
+    return to_json([[m.session_id, m.status, m.trace_id, m.span_id, m.event] for m in marks])
 
 
 def _connect(options: Options) -> sqlite3.Connection:
@@ -779,50 +804,56 @@ class TraceWriter:
     def _commit(
         self, document: str | None, events: Sequence[SessionEvent], marks: Sequence[BudgetMark] = ()
     ) -> None:
-        if document is not None and not events and not marks and not self.stepwise:
-            if self._write_alone(document):
+        session_events = _events_document(events, self._mapper.redact_text) if events else None
+        budget_marks = _marks_document(marks) if marks else None
+        written = len(document) if document is not None else 1
+        if not self.stepwise:
+            asked = time.monotonic()
+            waited = self._write_alone(document, session_events, budget_marks)
+            if waited is not None:
+                self._committed(written, waited, time.monotonic() - asked - waited)
                 return
         conn = self._conn
         asked = time.monotonic()
         conn.execute("BEGIN IMMEDIATE")
         waited = time.monotonic() - asked
         try:
-            if events:
-                self._apply_events(events)
+            if session_events is not None:
+                conn.execute(_APPLY_SESSION_EVENTS, {"events": session_events})
+                conn.execute(_TOUCH_EVENT_SESSIONS, {"events": session_events})
             if document is not None:
                 self._write(document)
             else:
                 conn.execute("INSERT INTO temp.finish_batch (go) VALUES (1)")
-            if marks:
-                self._apply_marks(marks)
+            if budget_marks is not None:
+                conn.execute(_RAISE_BUDGET_STATUS, {"marks": budget_marks})
+                conn.execute(_ADD_BUDGET_EVENT, {"marks": budget_marks})
             conn.execute("COMMIT")
         except BaseException:
             self._rollback()
             raise
-        self._committed(
-            len(document) if document is not None else 1, waited, time.monotonic() - asked - waited
-        )
+        self._committed(written, waited, time.monotonic() - asked - waited)
 
-    def _write_alone(self, document: str) -> bool:
-        """Write the batch as one statement that is its own transaction (see _WRITE_TRIGGER);
-        False when it stopped early, rolled back whole, to be written again inside a transaction."""
+    def _write_alone(self, document: str | None, events: str | None, marks: str | None) -> float | None:
+        """Write the batch as one statement that is its own transaction (see _WRITE_TRIGGER); the
+        seconds it waited for the write lock, if long enough to mean other writers, else 0. None
+        when it stopped early, rolled back whole, to be written again inside a transaction."""
         self._stopped_early = False
         self._lock_wait = 0.0
-        asked = time.monotonic()
         try:
             self._conn.execute(
-                "INSERT INTO temp.write_batch (payload, asked) VALUES (?, ?)", (document, time.time())
+                "INSERT INTO temp.write_batch (payload, asked, events, marks) VALUES (?, ?, ?, ?)",
+                (document, time.time(), events, marks),
             )
         except sqlite3.IntegrityError:
             if self._stopped_early:
-                return False  # rolled back whole, the scratch tables too
+                return None  # rolled back whole, the scratch tables too
             self._rollback()
             raise
         except BaseException:
             self._rollback()
             raise
-        self._committed(len(document), self._lock_wait, time.monotonic() - asked - self._lock_wait)
-        return True
+        return self._lock_wait
 
     def _committed(self, written: int, waited: float, held: float) -> None:
         # Another writer had the lock when this one asked: leave it a turn (see yield_turn).
@@ -918,23 +949,6 @@ class TraceWriter:
         if price is None:
             return None
         return to_json([price.input, price.output, price.cache_read, price.cache_write, price.reasoning])
-
-    def _apply_events(self, events: Sequence[SessionEvent]) -> None:
-        redact = self._mapper.redact_text
-        document = to_json(
-            [[e.kind, e.session_id, redact(e.task), e.user_id, e.time_unix_nano, e.outcome] for e in events]
-        )
-        self._conn.execute(_APPLY_SESSION_EVENTS, {"events": document})
-        self._conn.execute(
-            "INSERT OR IGNORE INTO temp.touched_sessions (session_id) SELECT value ->> 1 FROM json_each(?)",
-            (document,),
-        )
-
-    def _apply_marks(self, marks: Sequence[BudgetMark]) -> None:
-        document = to_json([[m.session_id, m.status, m.trace_id, m.span_id, m.event] for m in marks])
-        self._conn.execute(_RAISE_BUDGET_STATUS, {"marks": document})
-        if any(m.event is not None for m in marks):
-            self._conn.execute(_ADD_BUDGET_EVENT, {"marks": document})
 
     def _resource_id(self, attributes: str, schema_url: str | None, service_name: str | None) -> int:
         # Called while mapping, which may overlap a commit in another thread: resources get a

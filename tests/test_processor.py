@@ -229,10 +229,10 @@ def test_prepared_batches_join_into_one_transaction_in_order_skipping_empty_ones
 
 def test_a_batch_is_one_statement_and_its_own_transaction_unless_it_stops_early(db: Path) -> None:
     # Each statement costs the writer a wait for the GIL while the application runs, so a batch is
-    # one statement that takes the write lock, prices models it meets first, writes and commits.
-    # One whose usage climbs deeper than the statement does rolls back whole and is written again
-    # inside a transaction, a step a statement.
-    from otel_sqlite_exporter._writer import TraceWriter
+    # one statement that takes the write lock, applies session() opens and closes, prices models it
+    # meets first, writes and commits. One whose usage climbs deeper than the statement does rolls
+    # back whole and is written again inside a transaction, a step a statement.
+    from otel_sqlite_exporter._writer import SessionEvent, TraceWriter
 
     memory = InMemorySpanExporter()
     provider = TracerProvider()
@@ -264,12 +264,18 @@ def test_a_batch_is_one_statement_and_its_own_transaction_unless_it_stops_early(
             statements.append(text)
 
     writer._conn.set_trace_callback(executed)
+    one_statement = "INSERT INTO temp.write_batch (payload, asked, events, marks)"
     try:
-        writer.write(spans[:2])  # gpt-4o is new to this writer: priced from Python, in the statement
-        assert statements == ["INSERT INTO temp.write_batch (payload, asked)"]
+        block = [
+            SessionEvent("open", "s-1", 1, task="a task"),
+            SessionEvent("close", "s-1", 2, outcome="completed"),
+        ]
+        # gpt-4o is new to this writer: priced from Python, inside the statement.
+        writer.write(spans[:2], events=block)
+        assert statements == [one_statement]
         statements.clear()
         writer.write(spans[2:])  # 40 levels: more than one statement climbs
-        assert statements[0] == "INSERT INTO temp.write_batch (payload, asked)"
+        assert statements[0] == one_statement
         assert "BEGIN IMMEDIATE" in statements and statements[-1] == "COMMIT"
     finally:
         writer.close()
@@ -279,6 +285,9 @@ def test_a_batch_is_one_statement_and_its_own_transaction_unless_it_stops_early(
     rollups = query(db, "SELECT span_count, input_tokens, cost_usd > 0 FROM traces ORDER BY span_count")
     assert rollups == [(2, 1000, 1), (40, 1000, 1)]
     assert query(db, "SELECT count(*) FROM spans WHERE usage_below = 1") == [(40,)]
+    assert query(db, "SELECT task, status FROM sessions WHERE session_id = 's-1'") == [
+        ("a task", "completed")
+    ]
 
 
 def test_a_new_resource_waits_out_a_lock_held_past_the_busy_timeout(db: Path) -> None:

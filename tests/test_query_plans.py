@@ -444,7 +444,7 @@ def test_follow_polls_are_among_the_checked_statements(statements: list[Statemen
 def _trigger_statements(trigger: str) -> list[str]:
     """The statements of one of the writer's temp triggers, runnable on their own."""
     body = trigger.split(" BEGIN", 1)[1].rsplit("END", 1)[0]
-    body = body.replace("NEW.payload", "'[]'").replace("NEW.asked", "0")
+    body = re.sub(r"NEW\.(payload|events|marks)\b", "'[]'", body).replace("NEW.asked", "0")
     body = re.sub(r"RAISE\([^)]*\)", "1", body)  # RAISE() is for triggers only; its query is planned
     statements = []
     for statement in body.split(";\n"):
