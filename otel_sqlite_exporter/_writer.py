@@ -586,7 +586,8 @@ WHERE spans.trace_id = m.trace_id AND spans.span_id = m.span_id
 # transaction of its own: it takes the lock (its first step, before the trigger runs: the trigger
 # writes the file), writes and commits, without the GIL, where a BEGIN and a COMMIT would each wait
 # for it again. It then tells Python of a wait for the lock long enough to mean other writers, by
-# calling _LOCK_WAITED (the GIL is taken only then).
+# calling _LOCK_WAITED (the GIL is taken only then). Both ends read the system clock: a step of it
+# in between at worst makes one commit look contended.
 #
 # It stops early when ancestors lie deeper than it climbs, and says so by calling _STOPPED_EARLY.
 # Inside a transaction it leaves the rest to the steps below; as a transaction of its own it rolls
