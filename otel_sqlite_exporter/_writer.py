@@ -599,10 +599,10 @@ _CONTENDED_SECONDS = 0.05
 _MAX_TURN_SECONDS = 0.5
 _LOCK_WAITED = "batch_waited_for_lock"
 _STOP = "batch stopped early"
-_stop_when = (
-    f"SELECT CASE WHEN NEW.asked IS NULL THEN RAISE(IGNORE) ELSE RAISE(ABORT, '{_STOP}') END "
-    f"WHERE CASE WHEN EXISTS ({{}}) THEN {_STOPPED_EARLY}() END"
-)
+_STOP_IF_DEEP = f"""
+    SELECT CASE WHEN NEW.asked IS NULL THEN RAISE(IGNORE) ELSE RAISE(ABORT, '{_STOP}') END
+    WHERE CASE WHEN EXISTS (SELECT 1 FROM ancestors WHERE level = {_CLIMB_LEVELS})
+        THEN {_STOPPED_EARLY}() END"""
 _unix_now = "(julianday('now') - 2440587.5) * 86400.0"  # fixed for the statement at its first use
 
 
@@ -619,7 +619,7 @@ CREATE TEMP TRIGGER write_batch INSTEAD OF INSERT ON write_batch BEGIN
     {_STAGE}
     {_STORE}
     {_CLIMB}
-    {_stop_when.format(f"SELECT 1 FROM ancestors WHERE level = {_CLIMB_LEVELS}")};
+    {_STOP_IF_DEEP};
     {_FINISH}
     {_from_new(_RAISE_BUDGET_STATUS)};
     {_from_new(_ADD_BUDGET_EVENT)};
