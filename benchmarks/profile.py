@@ -48,7 +48,7 @@ TRANSACTION = 8_192  # spans in one transaction under load (half of max_batch_si
 # Statements of the write path, by how their SQL begins.
 STATEMENTS = (
     ("BEGIN", "BEGIN IMMEDIATE (the write lock)"),
-    ("INSERT INTO temp.write_batch", "write: lock, all the steps below, commit: one statement"),
+    ("UPDATE temp.write_batch", "write: lock, all the steps below, commit: one statement"),
     ("INSERT INTO temp.stage_batch", "stage: unpack the document, pick normalised columns"),
     ("INSERT INTO temp.store_batch", "store: traces, sessions, span upsert, indexes, FTS"),
     ("WITH RECURSIVE up", "usage walk up the ancestors"),
@@ -144,7 +144,7 @@ def alone(spans: int, tmp: str, db: str | None) -> None:
 
     from otel_sqlite_exporter import SQLiteSpanProcessor
     from otel_sqlite_exporter._config import Options
-    from otel_sqlite_exporter._writer import TraceWriter, batch_document
+    from otel_sqlite_exporter._writer import TraceWriter, batch_documents
 
     target = os.path.join(tmp, "alone.db")
     into = "a fresh file"
@@ -212,7 +212,7 @@ def alone(spans: int, tmp: str, db: str | None) -> None:
             taken.append(payload)
             count += n
         with commits.timed("commit"):
-            writer.commit(batch_document(taken))
+            writer.commit(batch_documents(taken))
         writer.checkpoint(idle=False)  # as the committer does while more is waiting
     writer.checkpoint(idle=True)
     writer.close()

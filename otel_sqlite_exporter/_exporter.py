@@ -14,7 +14,7 @@ from otel_sqlite_exporter._budget import BudgetAlert, BudgetMark, BudgetTracker
 from otel_sqlite_exporter._config import Options
 from otel_sqlite_exporter._file_exporter import FileExporter
 from otel_sqlite_exporter._retention import RetentionSweeper
-from otel_sqlite_exporter._writer import TraceWriter, batch_document, retire_replaced
+from otel_sqlite_exporter._writer import TraceWriter, batch_documents, retire_replaced
 
 
 class SQLiteSpanExporter(FileExporter, SpanExporter):
@@ -49,7 +49,7 @@ class SQLiteSpanExporter(FileExporter, SpanExporter):
                 try:
                     writer = self._open()
                     unmappable = writer.unmappable
-                    writer.commit(batch_document([writer.prepare(spans)]), marks=marks)
+                    writer.commit(batch_documents([writer.prepare(spans)]), marks=marks)
                     skipped = writer.unmappable - unmappable
                 except Exception as exc:  # noqa: BLE001 - the exporter contract forbids raising
                     self._health.failure(exc, lost=len(spans))

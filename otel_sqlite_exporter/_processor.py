@@ -37,7 +37,7 @@ from otel_sqlite_exporter._session import (
     current_session,
     remove_listener,
 )
-from otel_sqlite_exporter._writer import SessionEvent, TraceWriter, batch_document, retire_replaced
+from otel_sqlite_exporter._writer import SessionEvent, TraceWriter, batch_documents, retire_replaced
 
 T = TypeVar("T")
 
@@ -443,23 +443,23 @@ class SQLiteSpanProcessor(SpanProcessor):
 
     def _commit(self, batches: list[_Batch]) -> None:
         """Write the batches in one transaction. Empties ``batches``: their rows are freed before
-        the SQL runs, leaving only the joined document (a burst's memory peaks here)."""
-        document = batch_document(b.payload for b in batches)
+        the SQL runs, leaving only the joined documents (a burst's memory peaks here)."""
+        documents = batch_documents(b.payload for b in batches)
         events = [event for b in batches for event in b.events]
         marks = [mark for b in batches for mark in b.marks]
         count = sum(b.count for b in batches)
         batches.clear()
-        if document is None and not events and not marks:
+        if not documents and not events and not marks:
             return
-        if self._attempt(count, self._commit_once, document, events, marks) is not None:
+        if self._attempt(count, self._commit_once, documents, events, marks) is not None:
             self._health.wrote(count)
             self._batches += 1
 
     def _prepare(self, spans: Iterable[ReadableSpan]) -> str | None:
         return self._open().prepare(spans)
 
-    def _commit_once(self, document: str | None, events: list[SessionEvent], marks: list[BudgetMark]) -> None:
-        self._open(check=True).commit(document, events, marks)
+    def _commit_once(self, documents: list[str], events: list[SessionEvent], marks: list[BudgetMark]) -> None:
+        self._open(check=True).commit(documents, events, marks)
 
     def _attempt(
         self, count: int, step: Callable[..., T], *args: Any, retry: Callable[[Exception], bool] | None = None

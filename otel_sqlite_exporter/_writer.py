@@ -578,8 +578,8 @@ WHERE spans.trace_id = m.trace_id AND spans.span_id = m.span_id
 
 
 # The whole batch in one statement: each statement costs the committer a wait for the GIL (see the
-# module's docstring). Inserting into a view stores nothing: the document, often megabytes, is never
-# copied into a row. The batch's session events (``events``) go in first and its budget marks
+# module's docstring). Inserting into a view stores nothing: the documents are never copied into a
+# row. The batch's session events (``events``) go in first and its budget marks
 # (``marks``) last, as JSON documents of their own (see the statements above).
 #
 # Given the time it asked for the write lock (``asked``, Unix seconds), the statement is a
@@ -589,21 +589,36 @@ WHERE spans.trace_id = m.trace_id AND spans.span_id = m.span_id
 # calling _LOCK_WAITED (the GIL is taken only then). Both ends read the system clock: a step of it
 # in between at worst makes one commit look contended.
 #
-# It stops early when ancestors lie deeper than it climbs, and says so by calling _STOPPED_EARLY.
-# Inside a transaction it leaves the rest to the steps below; as a transaction of its own it rolls
-# back whole, and the batch is written again inside one (rarely: agents seldom nest that deep).
-_STOPPED_EARLY = "batch_stopped_early"
+# It stops early when ancestors lie deeper than it climbs: it rolls back whole (the scratch tables
+# too), and the batch is written again inside a transaction, a step a statement (rarely: agents
+# seldom nest that deep).
+#
+# The batch's documents are rows of one UPDATE (_WRITE_DOCUMENTS): the trigger runs once for each,
+# so SQLite parses and stages one document (about _DOCUMENT_CHARS) at a time, not the whole batch
+# at once. An UPDATE of a view, not a multi-row INSERT, because SQLite copies the rows an INSERT
+# gives a trigger into a table first, while an UPDATE hands the trigger each bound document as
+# it is. The first row carries ``asked`` and ``events``, the last ``marks``.
+#
 # A wait for the write lock this long means other writers use the file too; a turn left to them
 # after the commit lasts at most _MAX_TURN_SECONDS.
 _CONTENDED_SECONDS = 0.05
 _MAX_TURN_SECONDS = 0.5
 _LOCK_WAITED = "batch_waited_for_lock"
-_STOP = "batch stopped early"
-_STOP_IF_DEEP = f"""
-    SELECT CASE WHEN NEW.asked IS NULL THEN RAISE(IGNORE) ELSE RAISE(ABORT, '{_STOP}') END
-    WHERE CASE WHEN EXISTS (SELECT 1 FROM ancestors WHERE level = {_CLIMB_LEVELS})
-        THEN {_STOPPED_EARLY}() END"""
+_STOPPED_EARLY = "batch stopped early"
 _unix_now = "(julianday('now') - 2440587.5) * 86400.0"  # fixed for the statement at its first use
+# The documents a batch is cut into (see batch_documents): about this many characters each (900
+# spans of the benchmarks' shape), at most _DOCUMENTS of them.
+_DOCUMENT_CHARS = 512 * 1024
+_DOCUMENTS = 32
+# Parameters by number, not by name: the sqlite3 module lets go of the GIL to look up each name,
+# and waits for it again. ?1 to ?_DOCUMENTS: the documents; then asked, events, the last slot and
+# marks.
+_WRITE_DOCUMENTS = f"""UPDATE temp.write_batch SET
+    payload = CASE slot {" ".join(f"WHEN {i} THEN ?{i + 1}" for i in range(_DOCUMENTS))} END,
+    asked = CASE slot WHEN 0 THEN ?{_DOCUMENTS + 1} END,
+    events = CASE slot WHEN 0 THEN ?{_DOCUMENTS + 2} END,
+    marks = CASE slot WHEN ?{_DOCUMENTS + 3} THEN ?{_DOCUMENTS + 4} END
+WHERE slot <= ?{_DOCUMENTS + 3}"""
 
 
 def _from_new(statement: str) -> str:
@@ -611,7 +626,7 @@ def _from_new(statement: str) -> str:
 
 
 _WRITE_TRIGGER = f"""
-CREATE TEMP TRIGGER write_batch INSTEAD OF INSERT ON write_batch BEGIN
+CREATE TEMP TRIGGER write_batch INSTEAD OF UPDATE ON write_batch BEGIN
     SELECT {_LOCK_WAITED}(waited) FROM (SELECT {_unix_now} - NEW.asked AS waited)
     WHERE waited > {_CONTENDED_SECONDS};
     {_from_new(_APPLY_SESSION_EVENTS)};
@@ -619,7 +634,8 @@ CREATE TEMP TRIGGER write_batch INSTEAD OF INSERT ON write_batch BEGIN
     {_STAGE}
     {_STORE}
     {_CLIMB}
-    {_STOP_IF_DEEP};
+    SELECT RAISE(ABORT, '{_STOPPED_EARLY}')
+    WHERE EXISTS (SELECT 1 FROM ancestors WHERE level = {_CLIMB_LEVELS});
     {_FINISH}
     {_from_new(_RAISE_BUDGET_STATUS)};
     {_from_new(_ADD_BUDGET_EVENT)};
@@ -627,9 +643,11 @@ END"""
 
 _PIPELINE = (
     *_SCRATCH,
-    "CREATE TEMP VIEW write_batch (payload, asked, events, marks) AS SELECT NULL, NULL, NULL, NULL",
+    "CREATE TEMP VIEW write_batch (slot, payload, asked, events, marks) AS "
+    f"SELECT value, NULL, NULL, NULL, NULL FROM json_each('{list(range(_DOCUMENTS))}')",
     _WRITE_TRIGGER,
-    # The same steps one statement each: write_batch's rest, and for profiling (TraceWriter.stepwise).
+    # The same steps one statement each: for a batch that stopped early, and for profiling
+    # (TraceWriter.stepwise).
     *(
         statement
         for view, column, steps in (
@@ -644,6 +662,7 @@ _PIPELINE = (
     ),
 )
 _CLEAR = tuple(f"DELETE FROM temp.{name}" for name in _BATCH_TABLES)
+
 
 # Under sustained load the log is checkpointed after about this much batch data (~64 MiB).
 _CHECKPOINT_AFTER_CHARS = 64 * 1024 * 1024
@@ -703,7 +722,6 @@ class TraceWriter:
         # may run on the main connection: each has a connection of its own.
         self._resources_conn: sqlite3.Connection | None = None
         self._log_conn: sqlite3.Connection | None = None
-        self._stopped_early = False  # set by the batch statement when it leaves steps to _write
         self._lock_wait = 0.0  # set by the batch statement, as a transaction of its own
         try:
             self._setup(options)
@@ -737,7 +755,6 @@ class TraceWriter:
         path = os.path.abspath(options.path)
         opened = os.stat(path)
         self._opened_as = (path, opened.st_dev, opened.st_ino)  # see replaced()
-        self._conn.create_function(_STOPPED_EARLY, 0, self._note_stopped_early)
         self._conn.create_function(_LOCK_WAITED, 1, self._note_lock_wait)
         self._conn.create_function(_PRICE_OF, 1, self._price_of)
         for statement in _PIPELINE:
@@ -773,11 +790,11 @@ class TraceWriter:
 
         Raises ``sqlite3.Error`` when the transaction fails; nothing of the batch is then stored.
         """
-        self.commit(batch_document([self.prepare(spans)]), events, marks)
+        self.commit(batch_documents([self.prepare(spans)]), events, marks)
         self.checkpoint(idle=False)
 
     def prepare(self, spans: Iterable[ReadableSpan]) -> str | None:
-        """The spans' rows for :func:`batch_document`: JSON array elements, comma-separated (None
+        """The spans' rows for :func:`batch_documents`: JSON array elements, comma-separated (None
         for no spans). Needs the GIL; may run in another thread than ``commit``, so the next batch
         is prepared while one commits."""
         # A few rows at a time: the row lists are freed young, few of them left for the garbage
@@ -793,24 +810,24 @@ class TraceWriter:
         return ",".join(parts) if parts else None
 
     def commit(
-        self, document: str | None, events: Sequence[SessionEvent] = (), marks: Sequence[BudgetMark] = ()
+        self, documents: Sequence[str], events: Sequence[SessionEvent] = (), marks: Sequence[BudgetMark] = ()
     ) -> None:
-        """Write a batch document (and session events) in one transaction, in order; budget marks
+        """Write batch documents (and session events) in one transaction, in order; budget marks
         are applied last, when the spans they refer to are stored."""
-        if document is None and not events and not marks:
+        if not documents and not events and not marks:
             return
         with self.busy:
-            self._commit(document, events, marks)
+            self._commit(documents, events, marks)
 
     def _commit(
-        self, document: str | None, events: Sequence[SessionEvent], marks: Sequence[BudgetMark] = ()
+        self, documents: Sequence[str], events: Sequence[SessionEvent], marks: Sequence[BudgetMark]
     ) -> None:
         session_events = _events_document(events, self._mapper.redact_text) if events else None
         budget_marks = _marks_document(marks) if marks else None
-        written = len(document) if document is not None else 1
+        written = sum(map(len, documents)) or 1
         if not self.stepwise:
             asked = time.monotonic()
-            waited = self._write_alone(document, session_events, budget_marks)
+            waited = self._write_alone(documents, session_events, budget_marks)
             if waited is not None:
                 self._committed(written, waited, time.monotonic() - asked - waited)
                 return
@@ -822,9 +839,12 @@ class TraceWriter:
             if session_events is not None:
                 conn.execute(_APPLY_SESSION_EVENTS, {"events": session_events})
                 conn.execute(_TOUCH_EVENT_SESSIONS, {"events": session_events})
-            if document is not None:
-                self._write(document)
-            else:
+            for document in documents:
+                conn.execute("INSERT INTO temp.stage_batch (payload) VALUES (?)", (document,))
+                conn.execute("INSERT INTO temp.store_batch (go) VALUES (1)")
+                conn.execute(_WALK_UP)
+                conn.execute("INSERT INTO temp.finish_batch (go) VALUES (1)")
+            if not documents:
                 conn.execute("INSERT INTO temp.finish_batch (go) VALUES (1)")
             if budget_marks is not None:
                 conn.execute(_RAISE_BUDGET_STATUS, {"marks": budget_marks})
@@ -835,19 +855,17 @@ class TraceWriter:
             raise
         self._committed(written, waited, time.monotonic() - asked - waited)
 
-    def _write_alone(self, document: str | None, events: str | None, marks: str | None) -> float | None:
+    def _write_alone(self, documents: Sequence[str], events: str | None, marks: str | None) -> float | None:
         """Write the batch as one statement that is its own transaction (see _WRITE_TRIGGER); the
         seconds it waited for the write lock, if long enough to mean other writers, else 0. None
         when it stopped early, rolled back whole, to be written again inside a transaction."""
-        self._stopped_early = False
         self._lock_wait = 0.0
+        parameters = [*documents, *[None] * (_DOCUMENTS - len(documents))]
+        parameters += (time.time(), events, max(0, len(documents) - 1), marks)
         try:
-            self._conn.execute(
-                "INSERT INTO temp.write_batch (payload, asked, events, marks) VALUES (?, ?, ?, ?)",
-                (document, time.time(), events, marks),
-            )
-        except sqlite3.IntegrityError:
-            if self._stopped_early:
+            self._conn.execute(_WRITE_DOCUMENTS, parameters)
+        except sqlite3.IntegrityError as exc:
+            if str(exc) == _STOPPED_EARLY:
                 return None  # rolled back whole, the scratch tables too
             self._rollback()
             raise
@@ -863,28 +881,9 @@ class TraceWriter:
         self._unchecked += written
         self._unsettled += written
 
-    def _note_stopped_early(self) -> int:
-        self._stopped_early = True
-        return 1
-
     def _note_lock_wait(self, seconds: float) -> int:
         self._lock_wait = seconds
         return 1
-
-    def _write(self, document: str) -> None:
-        conn = self._conn
-        if not self.stepwise:
-            self._stopped_early = False
-            conn.execute("INSERT INTO temp.write_batch (payload) VALUES (?)", (document,))
-            if not self._stopped_early:
-                return
-            # It stopped after storing, for a deep climb (see _WRITE_TRIGGER): the steps left, one
-            # statement each.
-        else:
-            conn.execute("INSERT INTO temp.stage_batch (payload) VALUES (?)", (document,))
-            conn.execute("INSERT INTO temp.store_batch (go) VALUES (1)")
-        conn.execute(_WALK_UP)
-        conn.execute("INSERT INTO temp.finish_batch (go) VALUES (1)")
 
     def _rows(self, spans: Iterable[ReadableSpan]) -> list[list[Any]]:
         row = self._mapper.row
@@ -989,18 +988,27 @@ class TraceWriter:
         return (info.st_dev, info.st_ino) != (device, inode)
 
 
-def batch_document(prepared: Iterable[str | None]) -> str | None:
-    """The document :meth:`TraceWriter.commit` writes: prepared rows joined into one JSON array, in
-    one copy (None when there are none). One document makes the batch one statement, and each
-    statement costs the committer a wait for the GIL."""
-    parts = ["["]
-    for rows in prepared:
-        if rows:
-            parts += (rows, ",")
-    if len(parts) == 1:
-        return None
-    parts[-1] = "]"
-    return "".join(parts)
+def batch_documents(prepared: Iterable[str | None]) -> list[str]:
+    """The documents :meth:`TraceWriter.commit` writes: prepared rows joined, in order, into JSON
+    arrays of about _DOCUMENT_CHARS each, at most _DOCUMENTS (none when there are no rows). The batch
+    is one statement whatever their number (each statement costs the committer a wait for the
+    GIL), and SQLite holds one document's parse and scratch rows at a time."""
+    parts = [rows for rows in prepared if rows]
+    # Each document but the last holds at least this much, so there are _DOCUMENTS at most.
+    least = max(_DOCUMENT_CHARS, sum(map(len, parts)) // (_DOCUMENTS - 1))
+    documents: list[str] = []
+    joined: list[str] = []
+    size = 0
+    for rows in parts:
+        joined += ("," if joined else "[", rows)
+        size += len(rows)
+        if size >= least:
+            documents.append("".join((*joined, "]")))
+            joined.clear()
+            size = 0
+    if joined:
+        documents.append("".join((*joined, "]")))
+    return documents
 
 
 def retire_replaced(writer: TraceWriter, health: WriteHealth) -> None:

@@ -207,32 +207,47 @@ def test_a_log_that_no_checkpoint_copied_whole_stays_overdue_until_one_does(
     assert query(db, "SELECT count(*) FROM spans") == [(15,)]
 
 
-def test_prepared_batches_join_into_one_transaction_in_order_skipping_empty_ones(db: Path) -> None:
-    from otel_sqlite_exporter._writer import TraceWriter, batch_document
+def test_prepared_batches_join_into_documents_of_bounded_size_in_order_skipping_empty_ones(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from otel_sqlite_exporter import _writer
+    from otel_sqlite_exporter._writer import TraceWriter, batch_documents
 
     writer = TraceWriter(Options.resolve(db))
     spans = list(_finished(6))
     try:
-        assert batch_document([None, ""]) is None  # nothing prepared: nothing to write
-        prepared = [writer.prepare(spans[:2]), None, "", writer.prepare(spans[2:]), writer.prepare([])]
-        document = batch_document(prepared)
-        assert document is not None and json.loads(document) == [
-            *json.loads(f"[{prepared[0]}]"),
-            *json.loads(f"[{prepared[3]}]"),
+        assert batch_documents([None, ""]) == []  # nothing prepared: nothing to write
+        prepared = [
+            writer.prepare(spans[:2]),
+            None,
+            "",
+            writer.prepare(spans[2:5]),
+            writer.prepare(spans[5:]),
         ]
-        writer.commit(document)
+        assert prepared[0] is not None and prepared[3] is not None and prepared[4] is not None
+        rows = [json.loads(f"[{p}]") for p in (prepared[0], prepared[3], prepared[4])]
+        # Joined until a document holds _DOCUMENT_CHARS or more: here the first two, then the last.
+        monkeypatch.setattr(_writer, "_DOCUMENT_CHARS", len(prepared[0]) + 1)
+        documents = batch_documents(prepared)
+        assert [json.loads(d) for d in documents] == [rows[0] + rows[1], rows[2]]
+        monkeypatch.undo()
+        assert [json.loads(d) for d in batch_documents(prepared)] == [rows[0] + rows[1] + rows[2]]
+        writer.commit(documents)
     finally:
         writer.close()
     stored = query(db, "SELECT name FROM spans ORDER BY start_time_unix_nano")
     assert stored == [(span.name,) for span in sorted(spans, key=lambda s: s.start_time or 0)]
 
 
-def test_a_batch_is_one_statement_and_its_own_transaction_unless_it_stops_early(db: Path) -> None:
+def test_a_batch_is_one_statement_and_its_own_transaction_unless_it_stops_early(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Each statement costs the writer a wait for the GIL while the application runs, so a batch is
     # one statement that takes the write lock, applies session() opens and closes, prices models it
-    # meets first, writes and commits. One whose usage climbs deeper than the statement does rolls
-    # back whole and is written again inside a transaction, a step a statement.
-    from otel_sqlite_exporter._writer import SessionEvent, TraceWriter
+    # meets first, writes its documents and commits. One whose usage climbs deeper than the
+    # statement does rolls back whole and is written again inside a transaction, a step a statement.
+    from otel_sqlite_exporter import _writer
+    from otel_sqlite_exporter._writer import SessionEvent, TraceWriter, batch_documents
 
     memory = InMemorySpanExporter()
     provider = TracerProvider()
@@ -251,7 +266,7 @@ def test_a_batch_is_one_statement_and_its_own_transaction_unless_it_stops_early(
         chain.append(
             tracer.start_span(f"level {level}", context=context, attributes=call if level == 39 else {})
         )
-    for span in reversed(chain):
+    for span in chain:
         span.end()
     spans = memory.get_finished_spans()
     writer = TraceWriter(Options.resolve(db))
@@ -259,22 +274,26 @@ def test_a_batch_is_one_statement_and_its_own_transaction_unless_it_stops_early(
 
     def executed(sql: str) -> None:
         # Each step of a trigger is reported with its statement's text: a statement is counted once.
-        text = " ".join(sql.split()).split(" VALUES")[0][:60]
+        text = " ".join(sql.split()[:3])
         if not text.startswith("--") and (not statements or statements[-1] != text):
             statements.append(text)
 
     writer._conn.set_trace_callback(executed)
-    one_statement = "INSERT INTO temp.write_batch (payload, asked, events, marks)"
+    one_statement = "UPDATE temp.write_batch SET"
     try:
         block = [
             SessionEvent("open", "s-1", 1, task="a task"),
             SessionEvent("close", "s-1", 2, outcome="completed"),
         ]
-        # gpt-4o is new to this writer: priced from Python, inside the statement.
-        writer.write(spans[:2], events=block)
+        # gpt-4o is new to this writer: priced from Python, inside the statement. Two documents,
+        # a span each: still one statement.
+        monkeypatch.setattr(_writer, "_DOCUMENT_CHARS", 1)
+        writer.commit(batch_documents([writer.prepare([span]) for span in spans[:2]]), events=block)
         assert statements == [one_statement]
         statements.clear()
-        writer.write(spans[2:])  # 40 levels: more than one statement climbs
+        # The 39 levels above the last first, then the last, whose usage climbs them all: more
+        # than the statement climbs, in its second document.
+        writer.commit(batch_documents([writer.prepare(spans[2:41]), writer.prepare(spans[41:])]))
         assert statements[0] == one_statement
         assert "BEGIN IMMEDIATE" in statements and statements[-1] == "COMMIT"
     finally:
