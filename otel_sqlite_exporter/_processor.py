@@ -4,9 +4,9 @@ The application thread only appends the span to a bounded deque. Background thre
 rest. The mapper drains the deque in small batches, soon after the spans end (while they are
 still in the CPU cache, and before they pile up for the garbage collector to scan), keeps the
 latest state of each span (a span that started and ended within one batch is written once), and
-turns each batch into one JSON document. The committer writes the documents waiting for it, several
-to a transaction. Mapping needs the GIL and committing runs inside SQLite without it, so the two
-overlap; prepared documents are plain strings, bounded in total size. A third thread copies the
+turns each batch into JSON rows. The committer writes the batches waiting for it, several to a
+transaction. Mapping needs the GIL and committing runs inside SQLite without it, so the two
+overlap; prepared rows are plain strings, bounded in total size. A third thread copies the
 write-ahead log into the file beside the commits.
 """
 

@@ -1,8 +1,9 @@
 """Write: one batch of spans (and session lifecycle events) into the trace file, in one transaction.
 
-The batch reaches SQLite as a single JSON document and everything else happens inside SQLite:
-staging, picking the normalised columns from each span's attributes (the table from
-``_normalize``), pricing, sessions, the upsert, the innermost-usage marks and the rollups.
+The batch reaches SQLite as JSON documents, the parameters of a single statement, and everything
+else happens inside SQLite: staging, picking the normalised columns from each span's attributes
+(the table from ``_normalize``), pricing, sessions, the upsert, the innermost-usage marks and the
+rollups.
 
 Why this shape: the sqlite3 module releases the GIL while SQLite works and must take it back
 after every statement step (every row of an ``executemany``). While the traced application keeps
