@@ -34,6 +34,7 @@ from otel_sqlite_exporter import (
     SQLiteSpanExporter,
     SQLiteSpanProcessor,
     TraceStore,
+    session,
 )
 
 LOGGER = "otel_sqlite_exporter"
@@ -230,6 +231,11 @@ def test_prepared_batches_join_into_documents_of_bounded_size_in_order_skipping_
         monkeypatch.setattr(_writer, "_DOCUMENT_CHARS", len(prepared[0]) + 1)
         documents = batch_documents(prepared)
         assert [json.loads(d) for d in documents] == [rows[0] + rows[1], rows[2]]
+        # However small the documents are to be, a batch is cut into _DOCUMENTS at most.
+        monkeypatch.setattr(_writer, "_DOCUMENT_CHARS", 1)
+        monkeypatch.setattr(_writer, "_DOCUMENTS", 2)
+        capped = [json.loads(d) for d in batch_documents(prepared)]
+        assert len(capped) <= 2 and [row for d in capped for row in d] == rows[0] + rows[1] + rows[2]
         monkeypatch.undo()
         assert [json.loads(d) for d in batch_documents(prepared)] == [rows[0] + rows[1] + rows[2]]
         writer.commit(documents)
@@ -458,6 +464,48 @@ def test_many_threads_store_every_span_exactly_once(db: Path) -> None:
     assert stats["dropped"] == 0
     assert stats["enqueued"] == stats["written"] == 2 * total
     provider.shutdown()
+
+
+def test_a_transaction_of_many_documents_rolls_up_as_one(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # SQLite writes a transaction's documents one after another: sessions opened in the first and
+    # closed in a later one, and traces whose spans fall into several, come out as if it were one.
+    from otel_sqlite_exporter import _writer
+
+    monkeypatch.setattr(_writer, "_DOCUMENT_CHARS", 1)  # each mapped batch a document of its own
+    documents: list[int] = []
+    commit = _writer.TraceWriter.commit
+
+    def counted(self: _writer.TraceWriter, batch: Sequence[str], *args: object, **kwargs: object) -> None:
+        documents.append(len(batch))
+        commit(self, batch, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_writer.TraceWriter, "commit", counted)
+    processor = SQLiteSpanProcessor(db, schedule_delay_millis=2_000)
+    provider, tracer = tracer_for(processor)
+    usage = {
+        "gen_ai.request.model": "gpt-4o",
+        "gen_ai.usage.input_tokens": 10,
+        "gen_ai.usage.output_tokens": 1,
+    }
+    for s in range(20):
+        with session(task=f"task {s}"):
+            for _ in range(10):
+                # The agent repeats its model call's usage: counted once, from the call.
+                with tracer.start_as_current_span("agent", attributes=usage):
+                    with tracer.start_as_current_span("chat", attributes=usage):
+                        with tracer.start_as_current_span("tool"):
+                            pass
+    provider.shutdown()
+    assert max(documents) > 1
+    assert query(db, "SELECT count(*), sum(end_time_unix_nano IS NOT NULL) FROM spans") == [(600, 600)]
+    assert query(
+        db, "SELECT span_count, input_tokens, output_tokens, status FROM traces GROUP BY 1, 2, 3, 4"
+    ) == [(3, 10, 1, "completed")]
+    assert query(
+        db,
+        "SELECT count(*), min(span_count), max(span_count), sum(input_tokens), min(status), max(status) "
+        "FROM sessions",
+    ) == [(20, 30, 30, 2000, "completed", "completed")]
 
 
 # --- crash and fork --------------------------------------------------------------------------------------
