@@ -579,9 +579,9 @@ WHERE spans.trace_id = m.trace_id AND spans.span_id = m.span_id
 
 
 # The whole batch in one statement: each statement costs the committer a wait for the GIL (see the
-# module's docstring). Inserting into a view stores nothing: the documents are never copied into a
-# row. The batch's session events (``events``) go in first and its budget marks
-# (``marks``) last, as JSON documents of their own (see the statements above).
+# module's docstring). Updating a view stores nothing: the documents are never copied into a row.
+# The batch's session events (``events``) go in first and its budget marks (``marks``) last, as
+# JSON documents of their own (see the statements above).
 #
 # Given the time it asked for the write lock (``asked``, Unix seconds), the statement is a
 # transaction of its own: it takes the lock (its first step, before the trigger runs: the trigger
@@ -663,7 +663,6 @@ _PIPELINE = (
     ),
 )
 _CLEAR = tuple(f"DELETE FROM temp.{name}" for name in _BATCH_TABLES)
-
 
 # Under sustained load the log is checkpointed after about this much batch data (~64 MiB).
 _CHECKPOINT_AFTER_CHARS = 64 * 1024 * 1024
