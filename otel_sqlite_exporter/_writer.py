@@ -864,12 +864,9 @@ class TraceWriter:
         parameters += (time.time(), events, max(0, len(documents) - 1), marks)
         try:
             self._conn.execute(_WRITE_DOCUMENTS, parameters)
-        except sqlite3.IntegrityError as exc:
-            if str(exc) == _STOPPED_EARLY:
+        except BaseException as exc:
+            if isinstance(exc, sqlite3.IntegrityError) and str(exc) == _STOPPED_EARLY:
                 return None  # rolled back whole, the scratch tables too
-            self._rollback()
-            raise
-        except BaseException:
             self._rollback()
             raise
         return self._lock_wait
