@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from helpers import query
+from helpers import query, sha256, start_tracing
 
 ROOT = Path(__file__).resolve().parents[1]
 NUMBER = r"[\d,]+(?:\.\d+)?"
@@ -231,3 +231,70 @@ def test_retention_benchmark(tmp_path: Path) -> None:
         r"^p99 lock wait during the sweep: [\d.]+ ms \(target < 100 ms\): (met|NOT met)$", out, re.M
     )
     assert not [p.name for p in tmp_path.iterdir()]  # its scratch files are gone
+
+
+def file_size_figures(out: str) -> tuple[dict[str, float], dict[str, float]]:
+    """bytes a span of each table or index printed, and of each layout."""
+    objects = {
+        name: float(size.replace(",", ""))
+        for name, size in re.findall(
+            rf"^(\S+)\s+(?:table|index|key|fts|-)\s+{NUMBER}\s+({NUMBER})\s", out, re.M
+        )
+    }
+    layouts = {
+        label.strip(): float(size.replace(",", ""))
+        for label, size in re.findall(
+            rf"^(\s*[a-z].+?)\s+{NUMBER}\s+({NUMBER})$", out[out.index("layout") :], re.M
+        )
+    }
+    return objects, layouts
+
+
+def test_file_size_benchmark_breaks_a_new_file_down(tmp_path: Path) -> None:
+    out = run("file_size.py", "--spans", "2000", cwd=tmp_path)
+    assert "wrote 2,000 spans of the benchmarks' shape" in out
+    assert re.search(rf": 2,000 spans, page size 4,096, {NUMBER} bytes a span$", out, re.M), out
+    objects, layouts = file_size_figures(out)
+    # The span rows are the largest part; the unique key and the full-text index are there too.
+    assert max(objects, key=objects.__getitem__) == "spans", out
+    assert {"sqlite_autoindex_spans_1", "spans_by_session", "spans_fts_data"} <= objects.keys(), out
+    found = re.search(rf"^total in tables and indexes\s+{NUMBER}\s+({NUMBER})$", out, re.M)
+    assert found, out
+    total = float(found.group(1).replace(",", ""))
+    # Each figure is rounded to a tenth; the tables and indexes under half a byte are not listed.
+    assert sum(objects.values()) <= total + 0.05 * len(objects), out
+    assert total <= layouts["as written"], out
+    assert set(layouts) == {
+        "as written",
+        "packed (VACUUM)",
+        "the fewest indexes, no response ids",
+        "and 8 KiB pages",
+    }, out
+    assert (
+        layouts["the fewest indexes, no response ids"] < layouts["packed (VACUUM)"] <= layouts["as written"]
+    )
+    assert re.search(r"^target\s+800$", out, re.M), out
+
+
+def test_file_size_benchmark_reads_a_file_without_changing_it(tmp_path: Path) -> None:
+    path = tmp_path / "mine.db"
+    tracing = start_tracing(path)
+    for number in range(30):
+        with tracing.tracer.start_as_current_span(f"call {number}", attributes={"gen_ai.request.model": "m"}):
+            pass
+    tracing.close()
+    before = sha256(path)
+    out = run("file_size.py", "--db", str(path), cwd=tmp_path)
+    assert f"{path}: 30 spans, page size 4,096" in out
+    assert "wrote" not in out
+    assert sha256(path) == before
+    assert {p.name for p in tmp_path.iterdir()} <= {"mine.db", "mine.db-wal", "mine.db-shm"}
+
+    missing = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "file_size.py"), "--db", str(tmp_path / "none.db")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert missing.returncode != 0
+    assert f"no such file: {tmp_path / 'none.db'}" in missing.stderr
