@@ -81,15 +81,19 @@ def _kind(name: str, kind: str | None) -> str:
     return kind or "-"
 
 
-def bytes_per_span(path: str) -> tuple[float, int, int]:
-    """The file's used pages in bytes per span, the spans, and the page size."""
+def spans_in(path: str) -> int:
     with closing(_read_only(path)) as conn:
-        spans = conn.execute("SELECT count(*) FROM spans").fetchone()[0]
+        return int(conn.execute("SELECT count(*) FROM spans").fetchone()[0])
+
+
+def used_bytes(path: str) -> tuple[int, int]:
+    """The bytes of the file's used pages (free pages left out), and the page size."""
+    with closing(_read_only(path)) as conn:
         pages, free, page_size = (
             conn.execute(f"PRAGMA {pragma}").fetchone()[0]
             for pragma in ("page_count", "freelist_count", "page_size")
         )
-    return (pages - free) * page_size / max(1, spans), spans, page_size
+    return (pages - free) * page_size, page_size
 
 
 def layouts(path: str, scratch: str) -> list[tuple[str, str]]:
@@ -127,10 +131,11 @@ def layouts(path: str, scratch: str) -> list[tuple[str, str]]:
 
 
 def report(path: str, scratch: str) -> None:
-    per_span, spans, page_size = bytes_per_span(path)
+    spans = spans_in(path)  # the same in every layout
     if not spans:
         raise SystemExit(f"file_size: {path} holds no spans")
-    print(f"{path}: {spans:,} spans, page size {page_size:,}, {per_span:,.1f} bytes a span\n")
+    size, page_size = used_bytes(path)
+    print(f"{path}: {spans:,} spans, page size {page_size:,}, {size / spans:,.1f} bytes a span\n")
     found = objects(path)
     if found is None:
         print("(this SQLite has no dbstat table: the breakdown by table and index is skipped)")
@@ -150,8 +155,8 @@ def report(path: str, scratch: str) -> None:
     print()
     print(f"{'layout':40} {'page size':>9} {'bytes/span':>11}")
     for label, file in layouts(path, scratch):
-        size, _, page_size = bytes_per_span(file)
-        print(f"{label:40} {page_size:9,} {size:11.1f}")
+        size, page_size = used_bytes(file)
+        print(f"{label:40} {page_size:9,} {size / spans:11.1f}")
     print(f"{'target':40} {'':9} {BYTES_PER_SPAN_TARGET:11,}")
 
 
